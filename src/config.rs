@@ -1,0 +1,456 @@
+//! The one typed configuration, loaded from TOML. Every key has a default, so an
+//! empty file (or none) is a working configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where `serve` looks for a config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/mta-sts-agent/config.toml";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the persistent policy store. Default: `$STATE_DIRECTORY`
+    /// (systemd), else `/var/lib/mta-sts-agent` as root, else
+    /// `$XDG_STATE_HOME/mta-sts-agent` or `~/.local/state/mta-sts-agent`.
+    pub state_dir: Option<PathBuf>,
+    pub dns: DnsConfig,
+    pub fetch: FetchConfig,
+    pub cache: CacheConfig,
+    pub socketmap: SocketmapConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers as `IP` or `IP:port`. Empty: those of /etc/resolv.conf.
+    pub nameservers: Vec<String>,
+    /// Time allowed for one query attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Port of the policy host; RFC 8461 uses 443. Only tests and odd
+    /// set-ups change it.
+    pub port: u16,
+    /// Deadline for one whole fetch: connect, TLS, headers and body.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra PEM file of trust anchors added to the system store.
+    pub ca_file: Option<PathBuf>,
+    /// Use only `ca_file`, not the system store.
+    pub ca_file_only: bool,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            port: 443,
+            timeout: Duration::from_secs(20),
+            ca_file: None,
+            ca_file_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Keep policies on disk so a restart never forgets them. Turning this off
+    /// reopens the downgrade window after every restart.
+    pub persistent: bool,
+    /// Policies kept in memory in front of the persistent store.
+    pub memory_entries: u64,
+    /// How long the first lookup of an unknown domain waits for discovery and
+    /// fetch before answering "no policy" (the fetch goes on in the background).
+    #[serde(with = "humantime_serde")]
+    pub first_lookup_deadline: Duration,
+    /// A lookup that hits a cached policy re-checks the TXT id in the background
+    /// at most this often.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
+    /// A cached policy is refetched (renewing its max_age) when it is this old,
+    /// or half its max_age if that is shorter.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// How often the background sweep looks for policies due for refresh.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// How long "this domain publishes no policy" is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// First wait after a failed discovery or fetch; doubles on each further
+    /// failure up to `failure_backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub failure_backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub failure_backoff_max: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            persistent: true,
+            memory_entries: 100_000,
+            first_lookup_deadline: Duration::from_secs(5),
+            recheck_interval: Duration::from_secs(3600),
+            refresh_interval: Duration::from_secs(86_400),
+            sweep_interval: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(600),
+            failure_backoff_min: Duration::from_secs(60),
+            failure_backoff_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketmapConfig {
+    /// `IP:port` for TCP (IPv4 or `[IPv6]:port`) or `unix:/path` for a unix
+    /// socket. Empty disables the socketmap server.
+    pub listen: Vec<String>,
+    /// Owner, group (names or numbers) and octal mode of unix sockets.
+    pub unix_owner: Option<String>,
+    pub unix_group: Option<String>,
+    pub unix_mode: String,
+    pub max_connections: usize,
+    /// Close a connection that sends nothing for this long. Postfix itself
+    /// drops idle socketmap connections after 10 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Maps by name (`socketmap:inet:127.0.0.1:8461:NAME` in Postfix).
+    pub maps: BTreeMap<String, MapConfig>,
+}
+
+impl Default for SocketmapConfig {
+    fn default() -> Self {
+        let mut maps = BTreeMap::new();
+        maps.insert("postfix".to_string(), MapConfig::default());
+        SocketmapConfig {
+            listen: vec!["127.0.0.1:8461".to_string()],
+            unix_owner: None,
+            unix_group: None,
+            unix_mode: "0666".to_string(),
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
+            maps,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapConfig {
+    /// Answer `testing` policies as if they were `enforce`.
+    pub testing_as_enforce: bool,
+    /// Append `servername=hostname` (needs Postfix 3.4 or later).
+    pub servername: bool,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        MapConfig {
+            testing_as_enforce: false,
+            servername: true,
+        }
+    }
+}
+
+/// A listener address from `socketmap.listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A configuration error, worded so that the admin knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}\n(see the Configuration section of the README for every key and its default)")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key {key} = {value:?}: {problem}")]
+    Invalid {
+        key: String,
+        value: String,
+        problem: String,
+    },
+}
+
+fn invalid(key: &str, value: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.into(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses, modes, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addrs()?;
+        self.nameservers()?;
+        self.unix_mode()?;
+        if self.dns.attempts == 0 {
+            return Err(invalid("dns.attempts", "0", "must be at least 1"));
+        }
+        if self.socketmap.max_connections == 0 {
+            return Err(invalid(
+                "socketmap.max_connections",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if self.socketmap.maps.is_empty() {
+            return Err(invalid(
+                "socketmap.maps",
+                "{}",
+                "define at least one map, e.g. [socketmap.maps.postfix]",
+            ));
+        }
+        for name in self.socketmap.maps.keys() {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b':') {
+                return Err(invalid(
+                    "socketmap.maps",
+                    name.as_str(),
+                    "a map name may not be empty or contain spaces or ':'",
+                ));
+            }
+        }
+        if self.cache.failure_backoff_min > self.cache.failure_backoff_max {
+            return Err(invalid(
+                "cache.failure_backoff_min",
+                humantime::format_duration(self.cache.failure_backoff_min).to_string(),
+                "must not be longer than cache.failure_backoff_max",
+            ));
+        }
+        if self.cache.memory_entries == 0 {
+            return Err(invalid("cache.memory_entries", "0", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, ConfigError> {
+        self.socketmap
+            .listen
+            .iter()
+            .map(|s| {
+                if let Some(path) = s.strip_prefix("unix:") {
+                    if path.is_empty() {
+                        return Err(invalid("socketmap.listen", s.as_str(), "unix: needs a path"));
+                    }
+                    Ok(ListenAddr::Unix(PathBuf::from(path)))
+                } else {
+                    s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+                        invalid(
+                            "socketmap.listen",
+                            s.as_str(),
+                            "expected IP:port (e.g. \"127.0.0.1:8461\", \"[::1]:8461\") or unix:/path",
+                        )
+                    })
+                }
+            })
+            .collect()
+    }
+
+    pub fn nameservers(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.dns
+            .nameservers
+            .iter()
+            .map(|s| {
+                if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+                    return Ok(SocketAddr::new(ip, 53));
+                }
+                s.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "dns.nameservers",
+                        s.as_str(),
+                        "expected an IP address or IP:port, e.g. \"127.0.0.1\" or \"[::1]:53\"",
+                    )
+                })
+            })
+            .collect()
+    }
+
+    pub fn unix_mode(&self) -> Result<u32, ConfigError> {
+        let m = &self.socketmap.unix_mode;
+        u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|v| *v <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "socketmap.unix_mode",
+                    m.as_str(),
+                    "expected octal like \"0660\"",
+                )
+            })
+    }
+
+    /// The state directory this process will use (see `state_dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if let Ok(dirs) = std::env::var("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated; the first is ours.
+            if let Some(first) = dirs.split(':').find(|d| !d.is_empty()) {
+                return PathBuf::from(first);
+            }
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/mta-sts-agent");
+        }
+        if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("mta-sts-agent");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home).join(".local/state/mta-sts-agent");
+        }
+        PathBuf::from("mta-sts-agent-state")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.listen_addrs().unwrap(),
+            vec![ListenAddr::Tcp("127.0.0.1:8461".parse().unwrap())]
+        );
+        assert!(c.cache.persistent);
+        assert!(c.socketmap.maps.contains_key("postfix"));
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+state_dir = "/tmp/x"
+[dns]
+nameservers = ["127.0.0.1:5353", "::1"]
+timeout = "2s"
+[fetch]
+port = 8443
+ca_file = "/tmp/ca.pem"
+[cache]
+recheck_interval = "5m"
+[socketmap]
+listen = ["[::1]:8461", "unix:/run/mta-sts.sock"]
+unix_mode = "0660"
+[socketmap.maps.strict]
+testing_as_enforce = true
+servername = false
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.nameservers().unwrap()[1], "[::1]:53".parse().unwrap());
+        assert_eq!(c.cache.recheck_interval, Duration::from_secs(300));
+        assert_eq!(c.unix_mode().unwrap(), 0o660);
+        assert!(c.socketmap.maps["strict"].testing_as_enforce);
+        assert!(!c.socketmap.maps.contains_key("postfix"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("[cache]\nrecheck_intervall = \"1h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/test.toml"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("recheck_intervall"), "{e}");
+        assert!(
+            e.contains("recheck_interval"),
+            "suggests the right key: {e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_say_what_to_write() {
+        let e = parse("[socketmap]\nlisten = [\"localhost\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("socketmap.listen") && e.contains("IP:port"),
+            "{e}"
+        );
+        let e = parse("[dns]\nnameservers = [\"dns.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dns.nameservers"), "{e}");
+        let e = parse("[dns]\ntimeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse("[socketmap]\nunix_mode = \"rw\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("octal"), "{e}");
+        let e = parse("[cache]\nfailure_backoff_min = \"2h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("failure_backoff_max"), "{e}");
+    }
+
+    #[test]
+    fn state_dir_explicit_wins() {
+        let c = parse("state_dir = \"/srv/sts\"\n").unwrap();
+        assert_eq!(c.state_dir(), PathBuf::from("/srv/sts"));
+    }
+}

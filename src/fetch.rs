@@ -1,0 +1,324 @@
+//! HTTPS retrieval of a policy document (RFC 8461 §3.3), with hard bounds on
+//! time and size so that a hostile policy host costs nothing.
+
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::FetchConfig;
+use crate::dns::Dns;
+use crate::policy::{parse_policy, ParsedPolicy, PolicyError, MAX_POLICY_BYTES};
+
+/// Installs ring as rustls' process-wide provider. reqwest is built without a
+/// provider of its own (one TLS stack, no aws-lc), so every binary needs this
+/// before the first client is built; calling it again is harmless.
+pub fn init_crypto() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Why a policy could not be fetched. One variant per failure class, so logs,
+/// metrics and the check tool can say exactly what went wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("policy host {host} did not answer within {0:?}", host = .1)]
+    Timeout(Duration, String),
+    #[error("cannot resolve policy host: {0}")]
+    Dns(String),
+    #[error("cannot connect to policy host: {0}")]
+    Connect(String),
+    #[error("TLS with the policy host failed: {0}")]
+    Tls(String),
+    #[error("policy host answered {status} redirecting to {location}; RFC 8461 §3.3 forbids following redirects")]
+    Redirect { status: u16, location: String },
+    #[error("policy host answered HTTP {0}; only 200 is accepted (RFC 8461 §3.3)")]
+    Status(u16),
+    #[error("policy is served as {0:?}; RFC 8461 §3.3 requires text/plain")]
+    ContentType(Option<String>),
+    #[error("policy body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("reading the policy body failed: {0}")]
+    Body(String),
+    #[error("policy is invalid: {0}")]
+    Invalid(PolicyError),
+}
+
+impl FetchError {
+    /// A short stable name for the failure class (logs, metrics, JSON).
+    pub fn class(&self) -> &'static str {
+        match self {
+            FetchError::Timeout(..) => "timeout",
+            FetchError::Dns(_) => "dns",
+            FetchError::Connect(_) => "connect",
+            FetchError::Tls(_) => "tls",
+            FetchError::Redirect { .. } => "redirect",
+            FetchError::Status(_) => "status",
+            FetchError::ContentType(_) => "content-type",
+            FetchError::TooLarge { .. } => "too-large",
+            FetchError::Body(_) => "body",
+            FetchError::Invalid(_) => "invalid-policy",
+        }
+    }
+}
+
+/// A fetched, validated policy and the exact text it came from.
+#[derive(Debug, Clone)]
+pub struct FetchedPolicy {
+    pub body: String,
+    pub parsed: ParsedPolicy,
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    port: u16,
+    timeout: Duration,
+    trust: Arc<str>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fetcher(port {}, {})", self.port, self.trust)
+    }
+}
+
+/// Loads the trust anchors: the system store (which honours `SSL_CERT_FILE`
+/// and `SSL_CERT_DIR`) plus an optional extra PEM file.
+fn trust_store(config: &FetchConfig) -> Result<(RootCertStore, String), String> {
+    let mut roots = RootCertStore::empty();
+    let mut parts = Vec::new();
+    if !config.ca_file_only {
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        let source = match (
+            std::env::var("SSL_CERT_FILE"),
+            std::env::var("SSL_CERT_DIR"),
+        ) {
+            (Ok(f), _) => format!("SSL_CERT_FILE={f}"),
+            (_, Ok(d)) => format!("SSL_CERT_DIR={d}"),
+            _ => "system store".to_string(),
+        };
+        parts.push(format!("{added} CAs from the {source}"));
+    }
+    if let Some(path) = &config.ca_file {
+        let added = add_pem_file(&mut roots, path)?;
+        parts.push(format!("{added} CAs from {}", path.display()));
+    }
+    if roots.is_empty() {
+        return Err(
+            "no trust anchors: the system store is empty or unreadable and fetch.ca_file adds none; \
+             install ca-certificates or set fetch.ca_file"
+                .to_string(),
+        );
+    }
+    Ok((roots, parts.join(" + ")))
+}
+
+fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, String> {
+    let iter = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("fetch.ca_file {}: {e}", path.display()))?;
+    let mut n = 0;
+    for cert in iter {
+        let cert = cert.map_err(|e| format!("fetch.ca_file {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("fetch.ca_file {}: {e}", path.display()))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(format!(
+            "fetch.ca_file {}: no PEM certificates in it",
+            path.display()
+        ));
+    }
+    Ok(n)
+}
+
+/// Walks an error's source chain into one line, so the rustls reason (for
+/// example "certificate not valid for name") reaches the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = cur {
+        if s.is::<T>() {
+            return true;
+        }
+        cur = s.source();
+    }
+    false
+}
+
+impl Fetcher {
+    pub fn new(config: &FetchConfig, dns: &Dns) -> Result<Fetcher, String> {
+        init_crypto();
+        let (roots, trust) = trust_store(config)?;
+        let mut tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(dns.clone()))
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .http1_only()
+            .user_agent(concat!("mta-sts-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTPS client: {}", chain(&e)))?;
+        Ok(Fetcher {
+            client,
+            port: config.port,
+            timeout: config.timeout,
+            trust: trust.into(),
+        })
+    }
+
+    /// Where the trust anchors came from, for the start-up log line (a changed
+    /// CA bundle is a classic cause of sudden delivery failures).
+    pub fn trust_description(&self) -> &str {
+        &self.trust
+    }
+
+    pub fn url(&self, domain: &str) -> String {
+        if self.port == 443 {
+            format!("https://mta-sts.{domain}/.well-known/mta-sts.txt")
+        } else {
+            format!(
+                "https://mta-sts.{domain}:{}/.well-known/mta-sts.txt",
+                self.port
+            )
+        }
+    }
+
+    /// Fetches and validates the policy of `domain` (already normalised).
+    /// The whole exchange, body included, is bounded by the configured
+    /// deadline, so a trickling host cannot hold a task past it.
+    pub async fn fetch(&self, domain: &str) -> Result<FetchedPolicy, FetchError> {
+        let host = format!("mta-sts.{domain}");
+        match tokio::time::timeout(self.timeout, self.fetch_inner(domain)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout(self.timeout, host)),
+        }
+    }
+
+    async fn fetch_inner(&self, domain: &str) -> Result<FetchedPolicy, FetchError> {
+        let url = self.url(domain);
+        let mut response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.map_send_error(&e, domain))?;
+
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(no Location header)")
+                .to_string();
+            return Err(FetchError::Redirect {
+                status: status.as_u16(),
+                location,
+            });
+        }
+        if status != reqwest::StatusCode::OK {
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if !is_text_plain(content_type.as_deref()) {
+            return Err(FetchError::ContentType(content_type));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_POLICY_BYTES as u64)
+        {
+            return Err(FetchError::TooLarge {
+                limit: MAX_POLICY_BYTES,
+            });
+        }
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| FetchError::Body(chain(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_POLICY_BYTES {
+                return Err(FetchError::TooLarge {
+                    limit: MAX_POLICY_BYTES,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let parsed = parse_policy(&body).map_err(FetchError::Invalid)?;
+        // parse_policy has checked UTF-8 already.
+        let body = String::from_utf8_lossy(&body).into_owned();
+        Ok(FetchedPolicy { body, parsed })
+    }
+
+    fn map_send_error(&self, e: &reqwest::Error, domain: &str) -> FetchError {
+        let text = chain(e);
+        if e.is_timeout() {
+            FetchError::Timeout(self.timeout, format!("mta-sts.{domain}"))
+        } else if has_source::<rustls::Error>(e)
+            || text.contains("certificate")
+            || text.contains("tls")
+        {
+            FetchError::Tls(text)
+        } else if has_source::<crate::dns::DnsError>(e) || text.contains("no A or AAAA records") {
+            FetchError::Dns(text)
+        } else {
+            FetchError::Connect(text)
+        }
+    }
+}
+
+/// §3.3: the media type must be text/plain; parameters such as charset and
+/// any letter case are allowed.
+pub fn is_text_plain(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("text/plain")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_rules() {
+        assert!(is_text_plain(Some("text/plain")));
+        assert!(is_text_plain(Some("Text/Plain; charset=utf-8")));
+        assert!(is_text_plain(Some(" text/plain ;charset=\"us-ascii\"")));
+        assert!(!is_text_plain(Some("text/html")));
+        assert!(!is_text_plain(Some("text/plainx")));
+        assert!(!is_text_plain(Some("application/octet-stream")));
+        assert!(!is_text_plain(None));
+    }
+}

@@ -1,0 +1,15 @@
+//! mta-sts-agent: makes mail servers keep the promise a receiving domain
+//! publishes with MTA-STS (RFC 8461).
+//!
+//! Data flows one way: [`policy`] (pure RFC rules) → [`dns`], [`fetch`]
+//! (bounded I/O) → [`store`] (memory over a persistent store) → [`resolver`]
+//! (the only home of the caching rules) → the faces: [`socketmap`] (Postfix).
+
+pub mod config;
+pub mod daemon;
+pub mod dns;
+pub mod fetch;
+pub mod policy;
+pub mod resolver;
+pub mod socketmap;
+pub mod store;

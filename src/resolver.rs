@@ -1,0 +1,523 @@
+//! The MTA-STS resolver: discovery, fetch and the caching rules of RFC 8461
+//! §3.3 and §5.1, in one place. Every face asks [`Resolver::lookup`] and never
+//! applies a caching rule of its own.
+//!
+//! The rules, in the order a lookup meets them:
+//! 1. A valid cached policy (fetched less than max_age ago) is answered at once;
+//!    the network is never on that path. At most once per `recheck_interval`
+//!    the lookup starts a background re-check of the TXT id.
+//! 2. A re-check that finds a new id refetches; a fetch that fails, a TXT
+//!    lookup that fails, or a TXT record that vanished keeps the cached policy
+//!    until it expires (§3.3, §5.1). A policy older than
+//!    `min(refresh_interval, max_age / 2)` is refetched even under the same id,
+//!    so a policy in use never expires; a background sweep does the same for
+//!    policies nobody looked up lately.
+//! 3. A domain known to have no policy, or whose discovery or fetch failed
+//!    recently, is answered "no policy" at once (negative TTL, backoff), so a
+//!    broken domain is neither hammered nor waited on.
+//! 4. Otherwise one discovery+fetch runs per domain however many lookups
+//!    arrive; lookups wait for it up to `first_lookup_deadline` and then answer
+//!    with what is known. The fetch finishes in the background either way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{CacheConfig, Config};
+use crate::dns::Dns;
+use crate::fetch::Fetcher;
+use crate::policy::{discover, normalize_domain, Discovery, Mode};
+use crate::store::{unix_now, PolicyStore, StoreError, StoredPolicy};
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A valid policy of any mode; the face decides what each mode means.
+    Policy(Arc<StoredPolicy>),
+    NoPolicy(NoPolicy),
+}
+
+/// Why there is no policy to apply. Every variant means: deliver as if the
+/// domain had never published MTA-STS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPolicy {
+    /// The key is not a domain name (IP literal, `[host]:port`, …); nothing
+    /// was looked up.
+    NotADomain(String),
+    /// The domain publishes no (usable) `_mta-sts` record.
+    NoRecord(String),
+    /// Discovery or fetch failed recently; retried after a backoff.
+    Backoff(String),
+    /// The first discovery is still running past the lookup deadline.
+    Pending,
+}
+
+impl std::fmt::Display for NoPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoPolicy::NotADomain(why) => write!(f, "not a domain name ({why})"),
+            NoPolicy::NoRecord(why) => write!(f, "no policy: {why}"),
+            NoPolicy::Backoff(why) => write!(f, "no policy yet, last attempt failed: {why}"),
+            NoPolicy::Pending => write!(f, "no policy yet, discovery still running"),
+        }
+    }
+}
+
+/// Per-domain memory of the last discovery, kept in RAM only: it is cheap to
+/// rebuild, and forgetting it after a restart only causes one early re-check.
+#[derive(Debug, Clone)]
+struct DomainState {
+    /// No discovery for this domain is started from a lookup before this.
+    next_attempt: Instant,
+    /// Consecutive failures, for exponential backoff.
+    failures: u32,
+    /// Set when the domain has no valid policy: what to answer until
+    /// `next_attempt`.
+    negative: Option<NoPolicy>,
+}
+
+struct Inner {
+    dns: Dns,
+    fetcher: Fetcher,
+    store: PolicyStore,
+    cfg: CacheConfig,
+    state: moka::future::Cache<String, DomainState>,
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+/// Removes a domain's in-flight marker even if its refresh task panics, so a
+/// bug can never wedge a domain into "refresh already running" forever.
+struct InflightGuard {
+    inner: Arc<Inner>,
+    domain: String,
+    tx: watch::Sender<bool>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.domain);
+        drop(map);
+        let _ = self.tx.send(true);
+    }
+}
+
+impl Resolver {
+    pub fn new(dns: Dns, fetcher: Fetcher, store: PolicyStore, cfg: CacheConfig) -> Resolver {
+        let ttl = cfg
+            .recheck_interval
+            .max(cfg.negative_ttl)
+            .max(cfg.failure_backoff_max);
+        let state = moka::future::Cache::builder()
+            .max_capacity(cfg.memory_entries)
+            .time_to_live(ttl)
+            .build();
+        Resolver {
+            inner: Arc::new(Inner {
+                dns,
+                fetcher,
+                store,
+                cfg,
+                state,
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Builds DNS, fetcher and store from the configuration.
+    pub fn from_config(config: &Config, store: PolicyStore) -> Result<Resolver, String> {
+        let dns = Dns::from_config(config)?;
+        let fetcher = Fetcher::new(&config.fetch, &dns)?;
+        Ok(Resolver::new(dns, fetcher, store, config.cache.clone()))
+    }
+
+    pub fn dns(&self) -> &Dns {
+        &self.inner.dns
+    }
+
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.inner.fetcher
+    }
+
+    pub fn store(&self) -> &PolicyStore {
+        &self.inner.store
+    }
+
+    /// The policy to apply to mail for `domain`. `Err` only when the local
+    /// store fails: then we cannot know whether an enforce policy exists, and
+    /// the caller must not deliver as if there were none.
+    pub async fn lookup(&self, domain: &str) -> Result<Answer, StoreError> {
+        let domain = match normalize_domain(domain) {
+            Ok(d) => d,
+            Err(e) => return Ok(Answer::NoPolicy(NoPolicy::NotADomain(e.to_string()))),
+        };
+        if !domain.contains('.') {
+            return Ok(Answer::NoPolicy(NoPolicy::NotADomain(
+                "single-label name".to_string(),
+            )));
+        }
+        self.inner.lookup(&domain).await
+    }
+
+    /// The cached policy of `domain`, valid or not, without any network work.
+    pub async fn cached(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
+        match normalize_domain(domain) {
+            Ok(d) => self.inner.store.get(&d).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Runs discovery and fetch for `domain` now, ignoring intervals and
+    /// backoff, and returns the resulting answer.
+    pub async fn refresh_now(&self, domain: &str) -> Result<Answer, StoreError> {
+        let domain = match normalize_domain(domain) {
+            Ok(d) => d,
+            Err(e) => return Ok(Answer::NoPolicy(NoPolicy::NotADomain(e.to_string()))),
+        };
+        self.inner.state.invalidate(&domain).await;
+        let mut rx = self.inner.start_refresh(&domain);
+        let _ = rx.wait_for(|done| *done).await;
+        self.inner.answer_after_refresh(&domain).await
+    }
+
+    /// Forgets everything about `domain` (cached policy, negative state).
+    pub async fn purge(&self, domain: &str) -> Result<(), StoreError> {
+        if let Ok(d) = normalize_domain(domain) {
+            self.inner.state.invalidate(&d).await;
+            self.inner.store.remove(&d).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the proactive refresh sweep forever (RFC 8461 §5.1: keep policies
+    /// fresh rather than letting them expire). Spawn it once per daemon.
+    pub async fn run_sweeper(self) {
+        let mut tick = tokio::time::interval(self.inner.cfg.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.sweep_once().await;
+        }
+    }
+
+    /// One pass of the sweep: drops expired policies and refreshes those due,
+    /// a few at a time so that a restart does not burst onto policy hosts.
+    pub async fn sweep_once(&self) {
+        let all = match self.inner.store.list().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "refresh sweep cannot list the policy store");
+                return;
+            }
+        };
+        let now = unix_now();
+        let limit = Arc::new(Semaphore::new(8));
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in all {
+            if !p.is_valid_at(now) {
+                tracing::info!(domain = %p.domain, id = %p.id, "cached policy expired; removed");
+                if let Err(e) = self.inner.store.remove(&p.domain).await {
+                    tracing::error!(domain = %p.domain, error = %e, "cannot remove expired policy");
+                }
+                continue;
+            }
+            if !self.inner.refresh_due(&p, now) {
+                continue;
+            }
+            let inner = self.inner.clone();
+            let limit = limit.clone();
+            tasks.spawn(async move {
+                let Ok(_permit) = limit.acquire().await else {
+                    return;
+                };
+                let mut rx = inner.start_refresh(&p.domain);
+                let _ = rx.wait_for(|done| *done).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Inner {
+    async fn lookup(self: &Arc<Self>, domain: &str) -> Result<Answer, StoreError> {
+        let now = unix_now();
+        match self.store.get(domain).await? {
+            Some(p) if p.is_valid_at(now) => {
+                self.maintain(domain).await;
+                return Ok(Answer::Policy(p));
+            }
+            // §5.1: an expired policy is no policy. It is left for the sweep
+            // to delete (deleting here could race a refresh storing a new
+            // one); discovery below may fetch a fresh policy.
+            Some(_) | None => {}
+        }
+        if let Some(st) = self.state.get(domain).await {
+            if let Some(neg) = st.negative {
+                if Instant::now() < st.next_attempt {
+                    return Ok(Answer::NoPolicy(neg));
+                }
+            }
+        }
+        let mut rx = self.start_refresh(domain);
+        let deadline = self.cfg.first_lookup_deadline;
+        if tokio::time::timeout(deadline, rx.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            tracing::info!(domain, deadline = ?deadline, "discovery still running at the lookup deadline; answering without a policy");
+            return Ok(Answer::NoPolicy(NoPolicy::Pending));
+        }
+        self.answer_after_refresh(domain).await
+    }
+
+    async fn answer_after_refresh(&self, domain: &str) -> Result<Answer, StoreError> {
+        if let Some(p) = self.store.get(domain).await? {
+            if p.is_valid_at(unix_now()) {
+                return Ok(Answer::Policy(p));
+            }
+        }
+        let neg = self
+            .state
+            .get(domain)
+            .await
+            .and_then(|st| st.negative)
+            .unwrap_or(NoPolicy::Pending);
+        Ok(Answer::NoPolicy(neg))
+    }
+
+    /// Starts a background re-check for a domain with a valid cached policy if
+    /// its next check is due. Never waits.
+    async fn maintain(self: &Arc<Self>, domain: &str) {
+        let (due, failures) = match self.state.get(domain).await {
+            Some(st) => (Instant::now() >= st.next_attempt, st.failures),
+            None => (true, 0),
+        };
+        if due {
+            // Claim the slot first, so a burst of lookups starts one check;
+            // the refresh sets the real next time when it ends.
+            self.set_state(domain, self.cfg.recheck_interval, failures, None)
+                .await;
+            let _ = self.start_refresh(domain);
+        }
+    }
+
+    fn refresh_due(&self, p: &StoredPolicy, now: u64) -> bool {
+        let half = u64::from(p.policy.max_age) / 2;
+        let every = self.cfg.refresh_interval.as_secs().min(half);
+        now >= p.fetched_at.saturating_add(every)
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(20);
+        let d = self.cfg.failure_backoff_min.saturating_mul(1u32 << exp);
+        d.min(self.cfg.failure_backoff_max)
+    }
+
+    async fn set_state(
+        &self,
+        domain: &str,
+        wait: Duration,
+        failures: u32,
+        negative: Option<NoPolicy>,
+    ) {
+        self.state
+            .insert(
+                domain.to_string(),
+                DomainState {
+                    next_attempt: Instant::now() + wait,
+                    failures,
+                    negative,
+                },
+            )
+            .await;
+    }
+
+    /// Joins the running discovery+fetch of `domain` or starts one. The
+    /// receiver turns `true` when it has finished.
+    fn start_refresh(self: &Arc<Self>, domain: &str) -> watch::Receiver<bool> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = map.get(domain) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(false);
+        map.insert(domain.to_string(), rx.clone());
+        drop(map);
+        let guard = InflightGuard {
+            inner: self.clone(),
+            domain: domain.to_string(),
+            tx,
+        };
+        tokio::spawn(async move {
+            guard.inner.refresh(&guard.domain).await;
+            drop(guard);
+        });
+        rx
+    }
+
+    /// Discovery, and a fetch when the id is new or the policy is due for
+    /// renewal. Applies the keep-the-cached-policy rules on every failure.
+    async fn refresh(&self, domain: &str) {
+        let now = unix_now();
+        let cached = match self.store.get(domain).await {
+            Ok(p) => p.filter(|p| p.is_valid_at(now)),
+            Err(e) => {
+                tracing::error!(domain, error = %e, "cannot read the policy store; discovery skipped");
+                return;
+            }
+        };
+        let failures = self.state.get(domain).await.map_or(0, |s| s.failures);
+        let txt_name = format!("_mta-sts.{domain}");
+
+        let discovery = match self.dns.txt(&txt_name).await {
+            Ok(answer) => discover(answer.records()),
+            Err(e) => {
+                let reason = format!("TXT lookup of {txt_name} failed: {}", e.reason);
+                self.failed(domain, cached.as_deref(), failures, reason)
+                    .await;
+                return;
+            }
+        };
+        let record = match discovery {
+            Discovery::Found(r) => r,
+            other => {
+                let why = match other {
+                    Discovery::Multiple(n) => format!(
+                        "{n} v=STSv1 records at {txt_name} (RFC 8461 §3.1 requires exactly one)"
+                    ),
+                    Discovery::Invalid(e) => format!("invalid record at {txt_name}: {e}"),
+                    _ => format!("no v=STSv1 record at {txt_name}"),
+                };
+                match cached {
+                    Some(c) => {
+                        // §3.1/§5.1: the cached policy stays until it expires;
+                        // removing the record does not remove the promise.
+                        tracing::info!(domain, id = %c.id, mode = %c.policy.mode, reason = %why, "TXT record gone or unusable; keeping cached policy until it expires");
+                        self.set_state(domain, self.cfg.recheck_interval, 0, None)
+                            .await;
+                    }
+                    None => {
+                        tracing::debug!(domain, reason = %why, "no MTA-STS policy");
+                        self.set_state(
+                            domain,
+                            self.cfg.negative_ttl,
+                            0,
+                            Some(NoPolicy::NoRecord(why)),
+                        )
+                        .await;
+                    }
+                }
+                return;
+            }
+        };
+
+        if let Some(c) = &cached {
+            if c.id == record.id && !self.refresh_due(c, now) {
+                self.set_state(domain, self.cfg.recheck_interval, 0, None)
+                    .await;
+                return;
+            }
+        }
+
+        match self.fetcher.fetch(domain).await {
+            Ok(fetched) => {
+                let policy = fetched.parsed.policy;
+                for (line, note) in &fetched.parsed.notes {
+                    tracing::info!(domain, line, note = %note, "policy remark");
+                }
+                let stored = StoredPolicy {
+                    domain: domain.to_string(),
+                    id: record.id.clone(),
+                    policy,
+                    body: fetched.body,
+                    fetched_at: unix_now(),
+                };
+                let mx: Vec<String> = stored.policy.mx.iter().map(|m| m.to_string()).collect();
+                match &cached {
+                    None => {
+                        tracing::info!(domain, id = %stored.id, mode = %stored.policy.mode, max_age = stored.policy.max_age, mx = %mx.join(" "), "policy fetched")
+                    }
+                    Some(old) if old.id != stored.id || old.policy != stored.policy => {
+                        tracing::info!(
+                            domain,
+                            old_id = %old.id,
+                            id = %stored.id,
+                            old_mode = %old.policy.mode,
+                            mode = %stored.policy.mode,
+                            max_age = stored.policy.max_age,
+                            mx = %mx.join(" "),
+                            "policy changed"
+                        )
+                    }
+                    Some(_) => tracing::debug!(domain, id = %stored.id, "policy renewed"),
+                }
+                let usable = stored.is_valid_at(unix_now());
+                if let Err(e) = self.store.put(stored).await {
+                    tracing::error!(domain, error = %e, "cannot store fetched policy");
+                }
+                if usable {
+                    self.set_state(domain, self.cfg.recheck_interval, 0, None)
+                        .await;
+                } else {
+                    // max_age 0: nothing to cache; do not refetch on every lookup.
+                    self.set_state(
+                        domain,
+                        self.cfg.negative_ttl,
+                        0,
+                        Some(NoPolicy::NoRecord("policy has max_age 0".to_string())),
+                    )
+                    .await;
+                }
+            }
+            Err(e) => {
+                let reason = format!("policy fetch from {} failed: {e}", self.fetcher.url(domain));
+                tracing::warn!(domain, id = %record.id, class = e.class(), "{reason}");
+                self.failed(domain, cached.as_deref(), failures, reason)
+                    .await;
+            }
+        }
+    }
+
+    /// A discovery or fetch failed. With a valid cached policy we keep it and
+    /// retry after a backoff (§3.3); without one the domain is answered
+    /// "no policy" until the backoff ends — a failure is never a reason to
+    /// delay mail.
+    async fn failed(
+        &self,
+        domain: &str,
+        cached: Option<&StoredPolicy>,
+        failures: u32,
+        reason: String,
+    ) {
+        let failures = failures.saturating_add(1);
+        let wait = self.backoff(failures);
+        match cached {
+            Some(c) => {
+                tracing::warn!(domain, id = %c.id, mode = %c.policy.mode, retry_in = ?wait, reason = %reason, "refresh failed; keeping cached policy");
+                self.set_state(domain, wait, failures, None).await;
+            }
+            None => {
+                tracing::warn!(domain, retry_in = ?wait, reason = %reason, "MTA-STS discovery failed; no policy applied until retry");
+                self.set_state(domain, wait, failures, Some(NoPolicy::Backoff(reason)))
+                    .await;
+            }
+        }
+    }
+}
+
+/// True when `mode` asks senders to refuse delivery that does not meet the
+/// policy (the socketmap may also treat testing so, per map).
+pub fn is_enforcing(mode: Mode, testing_as_enforce: bool) -> bool {
+    mode == Mode::Enforce || (testing_as_enforce && mode == Mode::Testing)
+}

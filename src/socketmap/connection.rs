@@ -1,0 +1,123 @@
+//! One client connection: read netstring requests (pipelining allowed),
+//! answer each in order, enforce the size and idle limits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::config::MapConfig;
+use crate::resolver::Resolver;
+
+use super::netstring::{decode, encode};
+use super::reply::render;
+use super::MAX_REQUEST;
+
+/// What every connection shares.
+pub struct Handler {
+    pub resolver: Resolver,
+    pub maps: BTreeMap<String, MapConfig>,
+    pub idle_timeout: Duration,
+}
+
+impl Handler {
+    /// Answers one request payload (`<map> <key>`).
+    pub async fn answer(&self, request: &[u8], peer: &str) -> String {
+        let Ok(text) = std::str::from_utf8(request) else {
+            tracing::warn!(peer, "socketmap request is not UTF-8");
+            return "PERM request is not UTF-8 text".to_string();
+        };
+        let Some((map_name, key)) = text.split_once(' ') else {
+            tracing::warn!(peer, request = %text.escape_debug(), "socketmap request without '<map> <key>'");
+            return "PERM malformed request: expected '<map> <key>'".to_string();
+        };
+        let Some(map) = self.maps.get(map_name) else {
+            let known: Vec<&str> = self.maps.keys().map(String::as_str).collect();
+            tracing::warn!(peer, map = %map_name.escape_debug(), "socketmap request for an unknown map");
+            return format!(
+                "PERM unknown map '{}'; configured maps: {}",
+                map_name.escape_debug(),
+                known.join(", ")
+            );
+        };
+        let answer = self.resolver.lookup(key).await;
+        let reply = render(&answer, map);
+        tracing::debug!(peer, map = map_name, key = %key.escape_debug(), reply = %reply, "socketmap lookup");
+        if let Err(e) = &answer {
+            tracing::error!(peer, key = %key.escape_debug(), error = %e, "lookup failed; answered TEMP");
+        }
+        reply
+    }
+}
+
+/// Why a connection ended, for the debug log.
+#[derive(Debug)]
+pub enum Closed {
+    Eof,
+    Idle,
+    Shutdown,
+    Malformed(String),
+    Io(std::io::Error),
+}
+
+/// Serves one connection until EOF, idle timeout, a protocol error or shutdown.
+pub async fn run<S>(
+    mut stream: S,
+    handler: Arc<Handler>,
+    peer: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Closed
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        // Answer every complete request already buffered (pipelining).
+        loop {
+            match decode(&buf, MAX_REQUEST) {
+                Ok(Some((range, used))) => {
+                    let reply = handler.answer(&buf[range], peer).await;
+                    buf.advance(used);
+                    let frame = encode(reply.as_bytes());
+                    match tokio::time::timeout(handler.idle_timeout, stream.write_all(&frame)).await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Closed::Io(e),
+                        Err(_) => return Closed::Idle,
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "malformed socketmap request; closing the connection");
+                    return Closed::Malformed(e.to_string());
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            return Closed::Shutdown;
+        }
+        // Never buffer more than one maximal request plus its framing.
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096.min(MAX_REQUEST + 16));
+        }
+        tokio::select! {
+            read = tokio::time::timeout(handler.idle_timeout, stream.read_buf(&mut buf)) => {
+                match read {
+                    Err(_) => return Closed::Idle,
+                    Ok(Ok(0)) => {
+                        if !buf.is_empty() {
+                            tracing::warn!(peer, bytes = buf.len(), "socketmap client closed the connection in the middle of a request");
+                        }
+                        return Closed::Eof;
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Closed::Io(e),
+                }
+            }
+            _ = shutdown.changed() => return Closed::Shutdown,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What Postfix is told. The resolver decides which policy applies; this file
+//! only renders it in the `smtp_tls_policy_maps` syntax.
+
+use crate::config::MapConfig;
+use crate::resolver::{is_enforcing, Answer};
+use crate::store::StoreError;
+
+use super::MAX_REPLY;
+
+/// Renders the reply to one lookup.
+///
+/// - enforce (and testing, if the map says so) → `OK secure match=… [servername=hostname]`,
+///   the patterns in policy order, deduplicated, `*.x` written `.x` (Postfix's
+///   "any subdomain" form; see the README on wildcard depth).
+/// - testing, none, no policy → `NOTFOUND `: Postfix uses its default TLS level.
+/// - the store failed → `TEMP`: Postfix defers, which is right because we
+///   cannot tell whether an enforce policy exists.
+pub fn render(answer: &Result<Answer, StoreError>, map: &MapConfig) -> String {
+    let policy = match answer {
+        Ok(Answer::Policy(p)) if is_enforcing(p.policy.mode, map.testing_as_enforce) => p,
+        Ok(_) => return "NOTFOUND ".to_string(),
+        Err(e) => return temp(&e.to_string()),
+    };
+    let mut seen: Vec<String> = Vec::with_capacity(policy.policy.mx.len());
+    for pattern in &policy.policy.mx {
+        let form = pattern.postfix_form();
+        if !seen.contains(&form) {
+            seen.push(form);
+        }
+    }
+    if seen.is_empty() {
+        // The parser rejects such policies; an empty match= would be read by
+        // Postfix as "match nothing" or worse, so never send one.
+        return temp(&format!("policy of {} has no mx patterns", policy.domain));
+    }
+    let mut out = format!("OK secure match={}", seen.join(":"));
+    if map.servername {
+        out.push_str(" servername=hostname");
+    }
+    if out.len() > MAX_REPLY {
+        return temp(&format!(
+            "policy of {} is too large for a socketmap reply",
+            policy.domain
+        ));
+    }
+    out
+}
+
+/// A TEMP reply with a reason Postfix can log: one line of printable text.
+pub fn temp(reason: &str) -> String {
+    let clean: String = reason
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(400)
+        .collect();
+    format!("TEMP {clean}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::policy::{parse_policy, Mode};
+    use crate::resolver::NoPolicy;
+    use crate::store::StoredPolicy;
+
+    fn answer(mode: &str, mx: &[&str]) -> Result<Answer, StoreError> {
+        let mut body = format!("version: STSv1\nmode: {mode}\nmax_age: 86400\n");
+        for m in mx {
+            body.push_str(&format!("mx: {m}\n"));
+        }
+        let policy = parse_policy(body.as_bytes()).unwrap().policy;
+        Ok(Answer::Policy(Arc::new(StoredPolicy {
+            domain: "example.test".into(),
+            id: "1".into(),
+            policy,
+            body,
+            fetched_at: 0,
+        })))
+    }
+
+    fn map(testing_as_enforce: bool, servername: bool) -> MapConfig {
+        MapConfig {
+            testing_as_enforce,
+            servername,
+        }
+    }
+
+    #[test]
+    fn enforce_gets_secure_with_patterns_in_order() {
+        let a = answer(
+            "enforce",
+            &["mx2.example.test", "*.example.net", "MX2.example.test."],
+        );
+        assert_eq!(
+            render(&a, &map(false, true)),
+            "OK secure match=mx2.example.test:.example.net servername=hostname"
+        );
+        assert_eq!(
+            render(&a, &map(false, false)),
+            "OK secure match=mx2.example.test:.example.net"
+        );
+    }
+
+    #[test]
+    fn wildcard_and_exact_of_the_same_domain_stay_distinct() {
+        let a = answer("enforce", &["*.example.test", "example.test"]);
+        assert_eq!(
+            render(&a, &map(false, false)),
+            "OK secure match=.example.test:example.test"
+        );
+    }
+
+    #[test]
+    fn testing_none_and_no_policy_are_notfound() {
+        assert_eq!(
+            render(&answer("testing", &["a.test"]), &map(false, true)),
+            "NOTFOUND "
+        );
+        assert_eq!(render(&answer("none", &[]), &map(true, true)), "NOTFOUND ");
+        let none: Result<Answer, StoreError> = Ok(Answer::NoPolicy(NoPolicy::Pending));
+        assert_eq!(render(&none, &map(true, true)), "NOTFOUND ");
+    }
+
+    #[test]
+    fn testing_as_enforce_per_map() {
+        assert_eq!(
+            render(&answer("testing", &["a.test"]), &map(true, false)),
+            "OK secure match=a.test"
+        );
+        assert!(is_enforcing(Mode::Testing, true));
+    }
+
+    #[test]
+    fn store_failure_is_temp_on_one_line() {
+        let e: Result<Answer, StoreError> = Err(StoreError("disk\nbroken".into()));
+        assert_eq!(
+            render(&e, &map(false, true)),
+            "TEMP policy store: disk broken"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Listeners and the accept loop. Binding is separate from serving so the
+//! daemon can bind first and drop privileges after.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, ListenAddr};
+use crate::resolver::Resolver;
+
+use super::connection::{self, Handler};
+
+pub struct Listeners {
+    tcp: Vec<TcpListener>,
+    unix: Vec<(UnixListener, String)>,
+}
+
+impl Listeners {
+    /// The bound TCP addresses (useful with port 0).
+    pub fn tcp_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Binds every `socketmap.listen` address.
+pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    let mut out = Listeners {
+        tcp: Vec::new(),
+        unix: Vec::new(),
+    };
+    for addr in config.listen_addrs().map_err(|e| e.to_string())? {
+        match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("cannot listen on {a} (socketmap.listen): {e}"))?;
+                out.tcp.push(l);
+            }
+            ListenAddr::Unix(path) => {
+                let l = bind_unix(&path, config)?;
+                out.unix.push((l, path.display().to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn bind_unix(path: &Path, config: &Config) -> Result<UnixListener, String> {
+    // A socket left by an earlier run would make bind fail; remove it, but
+    // never anything that is not a socket.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            return Err(format!(
+                "cannot listen on unix:{}: a file that is not a socket is in the way",
+                path.display()
+            ));
+        }
+    }
+    let l = UnixListener::bind(path).map_err(|e| {
+        format!(
+            "cannot listen on unix:{} (socketmap.listen): {e}",
+            path.display()
+        )
+    })?;
+    let mode = config.unix_mode().map_err(|e| e.to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot chmod {:o} unix:{}: {e}", mode, path.display()))?;
+    let uid = match &config.socketmap.unix_owner {
+        Some(owner) => Some(lookup_user(owner)?),
+        None => None,
+    };
+    let gid = match &config.socketmap.unix_group {
+        Some(group) => Some(lookup_group(group)?),
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid).map_err(|e| {
+            format!(
+                "cannot chown unix:{} (socketmap.unix_owner/unix_group): {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(l)
+}
+
+fn lookup_user(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(format!("socketmap.unix_owner: no user named '{name}'")),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<u32, String> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(n);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(format!("socketmap.unix_group: no group named '{name}'")),
+    }
+}
+
+/// Serves until `shutdown` turns true, then lets open connections finish
+/// their current request.
+pub async fn serve(
+    listeners: Listeners,
+    resolver: Resolver,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) {
+    let handler = Arc::new(Handler {
+        resolver,
+        maps: config.socketmap.maps.clone(),
+        idle_timeout: config.socketmap.idle_timeout,
+    });
+    let slots = Arc::new(Semaphore::new(config.socketmap.max_connections));
+    let mut accept_loops = JoinSet::new();
+    let all = listeners.tcp.into_iter().map(Listener::Tcp).chain(
+        listeners
+            .unix
+            .into_iter()
+            .map(|(l, p)| Listener::Unix(l, p)),
+    );
+    for listener in all {
+        tracing::info!(listen = %listener.describe(), "socketmap server listening");
+        accept_loops.spawn(accept_loop(
+            listener,
+            handler.clone(),
+            slots.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while accept_loops.join_next().await.is_some() {}
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, String),
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(_, path) => format!("unix:{path}"),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, a)| (Stream::Tcp(s), a.to_string())),
+            Listener::Unix(l, path) => l
+                .accept()
+                .await
+                .map(|(s, _)| (Stream::Unix(s), format!("unix:{path}"))),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    handler: Arc<Handler>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let mut warned_full = false;
+    loop {
+        // The cap is taken before accept: at the limit, new clients wait in
+        // the kernel's backlog instead of being accepted and dropped.
+        let permit = if slots.available_permits() == 0 {
+            if !warned_full {
+                tracing::warn!("socketmap connection limit reached; new connections wait (raise socketmap.max_connections?)");
+                warned_full = true;
+            }
+            tokio::select! {
+                p = slots.clone().acquire_owned() => p,
+                _ = shutdown.changed() => break,
+            }
+        } else {
+            slots.clone().acquire_owned().await
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::error!(error = %e, "socketmap accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        warned_full = false;
+        let handler = handler.clone();
+        let sd = shutdown.clone();
+        connections.spawn(async move {
+            let closed = match stream {
+                Stream::Tcp(s) => {
+                    let _ = s.set_nodelay(true);
+                    connection::run(s, handler, &peer, sd).await
+                }
+                Stream::Unix(s) => connection::run(s, handler, &peer, sd).await,
+            };
+            tracing::debug!(peer = %peer, reason = ?closed, "socketmap connection closed");
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    // Shutdown: give open connections a moment to finish their request.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+}
