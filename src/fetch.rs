@@ -262,11 +262,13 @@ impl Fetcher {
             });
         }
         let mut body: Vec<u8> = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| FetchError::Body(chain(&e)))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                FetchError::Timeout(self.timeout, format!("mta-sts.{domain}"))
+            } else {
+                FetchError::Body(chain(&e))
+            }
+        })? {
             if body.len() + chunk.len() > MAX_POLICY_BYTES {
                 return Err(FetchError::TooLarge {
                     limit: MAX_POLICY_BYTES,

@@ -190,21 +190,6 @@ async fn accept_loop(
     let mut connections = JoinSet::new();
     let mut warned_full = false;
     loop {
-        // The cap is taken before accept: at the limit, new clients wait in
-        // the kernel's backlog instead of being accepted and dropped.
-        let permit = if slots.available_permits() == 0 {
-            if !warned_full {
-                tracing::warn!("socketmap connection limit reached; new connections wait (raise socketmap.max_connections?)");
-                warned_full = true;
-            }
-            tokio::select! {
-                p = slots.clone().acquire_owned() => p,
-                _ = shutdown.changed() => break,
-            }
-        } else {
-            slots.clone().acquire_owned().await
-        };
-        let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => break,
@@ -218,7 +203,28 @@ async fn accept_loop(
                 continue;
             }
         };
-        warned_full = false;
+        // The slot is taken after accept, so an idle listener never holds
+        // one. At the limit this connection waits for a slot (and clients
+        // behind it wait in the kernel's backlog) instead of being dropped.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => {
+                warned_full = false;
+                p
+            }
+            Err(_) => {
+                if !warned_full {
+                    tracing::warn!(peer = %peer, "socketmap connection limit reached; new connections wait (raise socketmap.max_connections?)");
+                    warned_full = true;
+                }
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
         let handler = handler.clone();
         let sd = shutdown.clone();
         connections.spawn(async move {
@@ -235,7 +241,9 @@ async fn accept_loop(
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
     }
-    // Shutdown: give open connections a moment to finish their request.
+    // Shutdown: stop accepting at once, then give open connections a moment
+    // to finish their request.
+    drop(listener);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while connections.join_next().await.is_some() {}
     })
