@@ -2,6 +2,16 @@
 //!
 //! `support` holds the test fixtures (a test CA, an authoritative DNS server
 //! and HTTPS policy hosts, all on loopback); `support_selftest` proves them.
+//! `harness` points the agent's configuration at those fixtures.
 
+mod harness;
 mod support;
 mod support_selftest;
+
+mod daemon;
+mod discovery;
+mod fetch;
+mod postmap;
+mod proxy;
+mod resolver;
+mod socketmap;

@@ -11,6 +11,7 @@
 pub mod ca;
 pub mod dns;
 pub mod https;
+pub mod proxy;
 
 /// Installs rustls' `ring` crypto provider as the process default.
 ///
