@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{normalize_domain, Mode, MxPattern, Policy, MAX_AGE_LIMIT};
+
 /// Where `serve` looks for a config file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mta-sts-agent/config.toml";
 
@@ -18,10 +20,68 @@ pub struct Config {
     /// (systemd), else `/var/lib/mta-sts-agent` as root, else
     /// `$XDG_STATE_HOME/mta-sts-agent` or `~/.local/state/mta-sts-agent`.
     pub state_dir: Option<PathBuf>,
+    /// When started as root: the user to become after binding the listeners.
+    pub user: Option<String>,
+    /// The admin control socket (`mta-sts-agent policy …`). Default:
+    /// `<state_dir>/control.sock`.
+    pub control_socket: Option<PathBuf>,
     pub dns: DnsConfig,
     pub fetch: FetchConfig,
     pub cache: CacheConfig,
     pub socketmap: SocketmapConfig,
+    pub metrics: MetricsConfig,
+    pub redis: RedisConfig,
+    /// Per-domain overrides: `[overrides."example.com"]`. Applied by every
+    /// face, before any cache or network work.
+    pub overrides: BTreeMap<String, OverrideConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:port` for `GET /metrics` (Prometheus) and `GET /healthz`. Off
+    /// when unset.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The shared store for a fleet of agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db`. Unset: no shared store.
+    pub url: Option<String>,
+    /// Longest a lookup waits on Redis before answering from local tiers.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub key_prefix: String,
+    /// How long one agent may hold a domain's fetch lock. Must be longer
+    /// than fetch.timeout.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            timeout: Duration::from_millis(250),
+            key_prefix: "mta-sts:".to_string(),
+            lock_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An administrator's decision about one domain, replacing what the domain
+/// publishes: tolerate a broken policy (`mode = "none"`) or pin one
+/// (`mode = "enforce"` with `mx`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    pub mode: Mode,
+    #[serde(default)]
+    pub mx: Vec<String>,
+    /// Why: logged whenever the override is applied, shown by `policy show`.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,10 +333,66 @@ impl Config {
                 "must not be longer than cache.failure_backoff_max",
             ));
         }
+        self.override_policies()?;
+        if self.redis.url.is_some() && self.redis.lock_ttl <= self.fetch.timeout {
+            return Err(invalid(
+                "redis.lock_ttl",
+                humantime::format_duration(self.redis.lock_ttl).to_string(),
+                "must be longer than fetch.timeout, or two agents may fetch at once",
+            ));
+        }
         if self.cache.memory_entries == 0 {
             return Err(invalid("cache.memory_entries", "0", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The overrides as policies, keyed by normalised domain.
+    pub fn override_policies(&self) -> Result<BTreeMap<String, (Policy, String)>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (domain, o) in &self.overrides {
+            let key = format!("overrides.\"{domain}\"");
+            let norm = normalize_domain(domain)
+                .map_err(|e| invalid(&key, domain.as_str(), format!("not a domain name: {e}")))?;
+            if o.reason.trim().is_empty() {
+                return Err(invalid(
+                    &format!("{key}.reason"),
+                    "",
+                    "say why the override exists; it is logged when applied",
+                ));
+            }
+            let mut mx = Vec::new();
+            for m in &o.mx {
+                let p = MxPattern::parse(m)
+                    .map_err(|e| invalid(&format!("{key}.mx"), m.as_str(), e.to_string()))?;
+                if !mx.contains(&p) {
+                    mx.push(p);
+                }
+            }
+            if o.mode != Mode::None && mx.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.mx"),
+                    "[]",
+                    format!("mode {} needs at least one mx pattern", o.mode),
+                ));
+            }
+            let policy = Policy {
+                mode: o.mode,
+                max_age: MAX_AGE_LIMIT,
+                mx,
+            };
+            if out
+                .insert(norm.clone(), (policy, o.reason.clone()))
+                .is_some()
+            {
+                return Err(invalid(
+                    &key,
+                    domain.as_str(),
+                    format!("{norm} has two overrides"),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, ConfigError> {
@@ -446,6 +562,35 @@ servername = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("failure_backoff_max"), "{e}");
+    }
+
+    #[test]
+    fn overrides_are_validated() {
+        let c = parse(
+            "[overrides.\"Broken.Test\"]\nmode = \"none\"\nreason = \"cert expired, ticket 42\"\n\n[overrides.\"pinned.test\"]\nmode = \"enforce\"\nmx = [\"*.pinned.test\"]\nreason = \"pinned\"\n",
+        )
+        .unwrap();
+        let o = c.override_policies().unwrap();
+        assert_eq!(o["broken.test"].0.mode, Mode::None);
+        assert!(o["pinned.test"].0.allows_mx("mx.pinned.test"));
+        let e = parse("[overrides.\"a.test\"]\nmode = \"enforce\"\nreason = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overrides.\"a.test\".mx"), "{e}");
+        let e = parse("[overrides.\"a.test\"]\nmode = \"none\"\nreason = \" \"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reason"), "{e}");
+        let e = parse(
+            "[overrides.\"a.test\"]\nmode = \"enforce\"\nmx = [\"1.2.3.4\"]\nreason = \"x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("1.2.3.4"), "{e}");
+        let e = parse("[overrides.\"a.test\"]\nmode = \"strict\"\nreason = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::resolver::Resolver;
-use crate::store::PolicyStore;
+use crate::store::{PolicyStore, RedisTier};
 
 /// Loads `--config PATH`, else the default path if it exists, else defaults.
 /// Returns the config and where it came from, for the start-up log.
@@ -44,23 +44,46 @@ pub fn init_logging(format: LogFormat) {
 /// Opens the store the config asks for. With `fallback_to_memory`, a store
 /// held by a running daemon is replaced by a memory-only one (for `query`).
 pub fn open_store(config: &Config, fallback_to_memory: bool) -> Result<PolicyStore, String> {
-    if !config.cache.persistent {
+    let local = if !config.cache.persistent {
         tracing::warn!("cache.persistent = false: policies are forgotten on restart, which reopens the downgrade window RFC 8461 caching exists to close");
-        return Ok(PolicyStore::memory_only(config.cache.memory_entries));
-    }
-    let dir: PathBuf = config.state_dir();
-    match PolicyStore::open(&dir, config.cache.memory_entries) {
-        Ok(s) => Ok(s),
-        Err(e) if fallback_to_memory => {
-            tracing::warn!(error = %e, "using a temporary in-memory cache instead");
-            Ok(PolicyStore::memory_only(config.cache.memory_entries))
+        PolicyStore::memory_only(config.cache.memory_entries)
+    } else {
+        let dir: PathBuf = config.state_dir();
+        match PolicyStore::open(&dir, config.cache.memory_entries) {
+            Ok(s) => s,
+            Err(e) if fallback_to_memory => {
+                tracing::warn!(error = %e, "using a temporary in-memory cache instead");
+                PolicyStore::memory_only(config.cache.memory_entries)
+            }
+            Err(e) => return Err(e.to_string()),
         }
-        Err(e) => Err(e.to_string()),
+    };
+    match &config.redis.url {
+        Some(url) => Ok(local.with_redis(RedisTier::new(&config.redis, url)?)),
+        None => Ok(local),
     }
 }
 
 /// `mta-sts-agent serve`: runs until SIGTERM or SIGINT.
 pub async fn serve(config: Config, source: String) -> Result<(), String> {
+    // Signal handlers go in before the listeners open, so a SIGTERM that
+    // arrives as soon as the port answers is still a graceful stop.
+    let signals = Signals::install()?;
+    // Bind everything first (a port below 1024 or a root-owned socket
+    // directory may need root), then drop privileges, then open the store
+    // so that its files belong to the unprivileged user.
+    let listeners = crate::socketmap::bind(&config).await?;
+    let control_path = crate::control::socket_path(&config);
+    let control = crate::control::bind(&control_path)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?,
+        ),
+        None => None,
+    };
+    drop_privileges(&config, &control_path)?;
     let store = open_store(&config, false)?;
     let resolver = Resolver::from_config(&config, store)?;
     tracing::info!(
@@ -71,10 +94,6 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
         trust = %resolver.fetcher().trust_description(),
         "mta-sts-agent starting"
     );
-    // Signal handlers go in before the listeners open, so a SIGTERM that
-    // arrives as soon as the port answers is still a graceful stop.
-    let signals = Signals::install()?;
-    let listeners = crate::socketmap::bind(&config).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -83,15 +102,80 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
         let _ = stop_tx.send(true);
     });
     let sweeper = tokio::spawn(resolver.clone().run_sweeper());
+    tracing::info!(path = %control_path.display(), "control socket listening (mta-sts-agent policy …)");
+    let admin = tokio::spawn(crate::control::serve(
+        control,
+        resolver.clone(),
+        stop_rx.clone(),
+    ));
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(listen = %addr, "metrics listening (/metrics, /healthz)");
+        }
+        tokio::spawn(crate::metrics::serve(l, resolver.clone(), stop_rx.clone()));
+    }
     crate::socketmap::serve(listeners, resolver, &config, stop_rx).await;
     sweeper.abort();
+    let _ = admin.await;
+    let _ = std::fs::remove_file(&control_path);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// As root with `user` configured: hands the state directory and control
+/// socket to that user, then switches to it for good. As root without
+/// `user`: keeps running as root, with a warning.
+fn drop_privileges(config: &Config, control: &Path) -> Result<(), String> {
+    use nix::unistd::{chown, setgid, setgroups, setuid, Uid, User};
+    if !Uid::effective().is_root() {
+        return Ok(());
+    }
+    let Some(name) = &config.user else {
+        tracing::warn!(
+            "running as root; set `user` in the config to drop privileges after binding"
+        );
+        return Ok(());
+    };
+    let user = match User::from_name(name) {
+        Ok(Some(u)) => u,
+        _ => return Err(format!("config key user = {name:?}: no such user")),
+    };
+    let dir = config.state_dir();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
+    }
+    // The store's files too, in case an earlier run as root created them.
+    let mut owned = vec![dir.clone(), control.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        owned.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    for path in owned {
+        if path.exists() {
+            chown(&path, Some(user.uid), Some(user.gid))
+                .map_err(|e| format!("cannot give {} to user {name}: {e}", path.display()))?;
+        }
+    }
+    setgroups(&[user.gid]).map_err(|e| format!("setgroups for user {name}: {e}"))?;
+    setgid(user.gid).map_err(|e| format!("setgid for user {name}: {e}"))?;
+    setuid(user.uid).map_err(|e| format!("setuid to user {name}: {e}"))?;
+    if setuid(Uid::from_raw(0)).is_ok() {
+        return Err(
+            "privileges could be regained after dropping them; refusing to run".to_string(),
+        );
+    }
+    tracing::info!(user = %name, uid = user.uid.as_raw(), "dropped root privileges");
     Ok(())
 }
 
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -101,13 +185,23 @@ impl Signals {
             .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
         let int = signal(SignalKind::interrupt())
             .map_err(|e| format!("cannot install the SIGINT handler: {e}"))?;
-        Ok(Signals { term, int })
+        let hup = signal(SignalKind::hangup())
+            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+        Ok(Signals { term, int, hup })
     }
 
+    /// Returns on SIGTERM or SIGINT. SIGHUP (whose default would kill us)
+    /// only logs: the configuration is read at start, and since policies
+    /// persist, a restart is the reload (see the README).
     async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::warn!("SIGHUP ignored: restart the service to apply configuration changes (cached policies survive a restart)");
+                }
+            }
         }
     }
 }

@@ -199,6 +199,11 @@ impl Fetcher {
         &self.trust
     }
 
+    /// The deadline of one whole fetch.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn url(&self, domain: &str) -> String {
         if self.port == 443 {
             format!("https://mta-sts.{domain}/.well-known/mta-sts.txt")

@@ -6,9 +6,11 @@
 //! (the only home of the caching rules) → the faces: [`socketmap`] (Postfix).
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod fetch;
+pub mod metrics;
 pub mod policy;
 pub mod resolver;
 pub mod socketmap;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use mta_sts_agent::config::MapConfig;
+use mta_sts_agent::control::{self, Request, Response};
 use mta_sts_agent::daemon::{self, LogFormat};
 use mta_sts_agent::resolver::{Answer, Resolver};
 use mta_sts_agent::socketmap::reply::render;
@@ -38,6 +39,27 @@ enum Command {
     },
     /// Print the effective configuration (defaults filled in) as TOML.
     Config,
+    /// Show, refresh or purge cached policies: through the running daemon's
+    /// control socket, or directly on the store when no daemon runs.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+        /// Print the daemon's JSON response instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// The cached policy (and override) of DOMAIN.
+    Show { domain: String },
+    /// Run discovery and fetch for DOMAIN now, ignoring intervals and backoff.
+    Refresh { domain: String },
+    /// Forget everything cached about DOMAIN.
+    Purge { domain: String },
+    /// Every cached policy.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +85,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => runtime.block_on(daemon::serve(config, source)),
         Command::Query { domain, map } => runtime.block_on(query(config, &domain, &map)),
+        Command::Policy { action, json } => {
+            let req = match action {
+                PolicyAction::Show { domain } => Request::Show { domain },
+                PolicyAction::Refresh { domain } => Request::Refresh { domain },
+                PolicyAction::Purge { domain } => Request::Purge { domain },
+                PolicyAction::List => Request::List,
+            };
+            runtime.block_on(policy_command(config, req, json))
+        }
         Command::Config => toml::to_string_pretty(&config)
             .map(|text| print!("{text}"))
             .map_err(|e| format!("cannot print the configuration: {e}")),
@@ -110,4 +141,70 @@ async fn query(
         Err(e) => eprintln!("{domain}: {e}"),
     }
     Ok(())
+}
+
+/// Asks the running daemon; without one, acts on the store directly with the
+/// same handler, so the answer is the same either way.
+async fn policy_command(
+    config: mta_sts_agent::config::Config,
+    req: Request,
+    json: bool,
+) -> Result<(), String> {
+    let path = control::socket_path(&config);
+    let response = match control::request(&path, &req).await {
+        Ok(r) => r,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            eprintln!(
+                "no daemon at {} ({e}); acting on the store directly",
+                path.display()
+            );
+            let store = daemon::open_store(&config, false)?;
+            let resolver = Resolver::from_config(&config, store)?;
+            control::handle(&resolver, req).await
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot talk to the daemon at {}: {e} (run as the daemon's user, e.g. root)",
+                path.display()
+            ))
+        }
+    };
+    print_response(&response, json)
+}
+
+fn print_response(r: &Response, json: bool) -> Result<(), String> {
+    if json {
+        let text = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        if let Some(m) = &r.message {
+            println!("{m}");
+        }
+        let now = mta_sts_agent::store::unix_now();
+        for p in &r.policies {
+            println!(
+                "{}  mode={} id={} mx={} expires_in={}s source={}",
+                p.domain,
+                p.mode,
+                p.id,
+                p.mx.join(","),
+                p.expires_at.saturating_sub(now),
+                p.source
+            );
+            if let Some(body) = p.body.as_deref().filter(|b| !b.is_empty()) {
+                for line in body.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    match &r.error {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
+    }
 }

@@ -29,7 +29,7 @@ use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
 use crate::fetch::Fetcher;
 use crate::policy::{discover, normalize_domain, Discovery, Mode};
-use crate::store::{unix_now, PolicyStore, StoreError, StoredPolicy};
+use crate::store::{unix_now, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy};
 
 /// What a lookup found.
 #[derive(Debug, Clone)]
@@ -79,6 +79,10 @@ struct DomainState {
 }
 
 struct Inner {
+    /// Administrator overrides, answered before anything else.
+    overrides: HashMap<String, Arc<StoredPolicy>>,
+    /// Overridden domains already logged (once per process, not per lookup).
+    overrides_logged: Mutex<std::collections::HashSet<String>>,
     dns: Dns,
     fetcher: Fetcher,
     store: PolicyStore,
@@ -125,6 +129,8 @@ impl Resolver {
             .build();
         Resolver {
             inner: Arc::new(Inner {
+                overrides: HashMap::new(),
+                overrides_logged: Mutex::new(Default::default()),
                 dns,
                 fetcher,
                 store,
@@ -139,7 +145,28 @@ impl Resolver {
     pub fn from_config(config: &Config, store: PolicyStore) -> Result<Resolver, String> {
         let dns = Dns::from_config(config)?;
         let fetcher = Fetcher::new(&config.fetch, &dns)?;
-        Ok(Resolver::new(dns, fetcher, store, config.cache.clone()))
+        let overrides = config.override_policies().map_err(|e| e.to_string())?;
+        let mut resolver = Resolver::new(dns, fetcher, store, config.cache.clone());
+        let inner = Arc::get_mut(&mut resolver.inner).ok_or("resolver already shared")?;
+        for (domain, (policy, reason)) in overrides {
+            tracing::info!(domain = %domain, mode = %policy.mode, reason = %reason, "override configured");
+            let stored = StoredPolicy {
+                domain: domain.clone(),
+                id: "override".to_string(),
+                policy,
+                body: String::new(),
+                fetched_at: unix_now(),
+                source: PolicySource::Override { reason },
+            };
+            inner.overrides.insert(domain, Arc::new(stored));
+        }
+        Ok(resolver)
+    }
+
+    /// The configured override for `domain`, if any.
+    pub fn override_for(&self, domain: &str) -> Option<Arc<StoredPolicy>> {
+        let d = normalize_domain(domain).ok()?;
+        self.inner.overrides.get(&d).cloned()
     }
 
     pub fn dns(&self) -> &Dns {
@@ -162,6 +189,23 @@ impl Resolver {
             Ok(d) => d,
             Err(e) => return Ok(Answer::NoPolicy(NoPolicy::NotADomain(e.to_string()))),
         };
+        if let Some(o) = self.inner.overrides.get(&domain) {
+            let first = self
+                .inner
+                .overrides_logged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(domain.clone());
+            if let PolicySource::Override { reason } = &o.source {
+                if first {
+                    tracing::info!(domain = %domain, mode = %o.policy.mode, reason = %reason, "override applied instead of the published policy");
+                } else {
+                    tracing::debug!(domain = %domain, mode = %o.policy.mode, reason = %reason, "override applied");
+                }
+            }
+            crate::metrics::metrics().overrides_applied.inc();
+            return Ok(Answer::Policy(o.clone()));
+        }
         if !domain.contains('.') {
             return Ok(Answer::NoPolicy(NoPolicy::NotADomain(
                 "single-label name".to_string(),
@@ -380,9 +424,19 @@ impl Inner {
         let failures = self.state.get(domain).await.map_or(0, |s| s.failures);
         let txt_name = format!("_mta-sts.{domain}");
 
+        let m = crate::metrics::metrics();
         let discovery = match self.dns.txt(&txt_name).await {
-            Ok(answer) => discover(answer.records()),
+            Ok(answer) => {
+                let d = discover(answer.records());
+                m.discovery(if d.record().is_some() {
+                    "record"
+                } else {
+                    "no-record"
+                });
+                d
+            }
             Err(e) => {
+                m.discovery("failure");
                 let reason = format!("TXT lookup of {txt_name} failed: {}", e.reason);
                 self.failed(domain, cached.as_deref(), failures, reason)
                     .await;
@@ -430,7 +484,67 @@ impl Inner {
             }
         }
 
-        match self.fetcher.fetch(domain).await {
+        // In a fleet sharing Redis, one agent fetches and the others take its
+        // result from the shared store.
+        let turn = self.store.begin_fetch(domain).await;
+        if let FetchTurn::Theirs = turn {
+            match self.wait_for_peer(domain, &record.id, now).await {
+                Some(p) => {
+                    tracing::debug!(domain, id = %p.id, "policy fetched by another agent");
+                    self.set_state(domain, self.cfg.recheck_interval, 0, None)
+                        .await;
+                }
+                None => {
+                    let reason = "another agent's fetch produced no policy".to_string();
+                    self.failed(domain, cached.as_deref(), failures, reason)
+                        .await;
+                }
+            }
+            return;
+        }
+        let fetched = self.fetcher.fetch(domain).await;
+        self.finish_fetch(domain, &record.id, cached.as_deref(), failures, fetched)
+            .await;
+        self.store.end_fetch(domain, &turn).await;
+    }
+
+    /// Waits while another agent holds the fetch lock for a policy under
+    /// `id` fetched at or after `since` to appear in the shared store.
+    async fn wait_for_peer(&self, domain: &str, id: &str, since: u64) -> Option<Arc<StoredPolicy>> {
+        let deadline = Instant::now() + self.fetcher_deadline();
+        loop {
+            if let Ok(Some(p)) = self.store.get(domain).await {
+                if p.id == id && p.fetched_at >= since && p.is_valid_at(unix_now()) {
+                    return Some(p);
+                }
+            }
+            if Instant::now() >= deadline || !self.store.fetch_in_progress_elsewhere(domain).await {
+                // One last look: the peer may have stored and unlocked
+                // between our two calls.
+                return match self.store.get(domain).await {
+                    Ok(Some(p)) if p.id == id && p.fetched_at >= since => Some(p),
+                    _ => None,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn fetcher_deadline(&self) -> Duration {
+        self.fetcher.timeout() + Duration::from_secs(1)
+    }
+
+    async fn finish_fetch(
+        &self,
+        domain: &str,
+        id: &str,
+        cached: Option<&StoredPolicy>,
+        failures: u32,
+        fetched: Result<crate::fetch::FetchedPolicy, crate::fetch::FetchError>,
+    ) {
+        let m = crate::metrics::metrics();
+        m.fetch(fetched.as_ref().err().map(|e| e.class()));
+        match fetched {
             Ok(fetched) => {
                 let policy = fetched.parsed.policy;
                 for (line, note) in &fetched.parsed.notes {
@@ -438,10 +552,11 @@ impl Inner {
                 }
                 let stored = StoredPolicy {
                     domain: domain.to_string(),
-                    id: record.id.clone(),
+                    id: id.to_string(),
                     policy,
                     body: fetched.body,
                     fetched_at: unix_now(),
+                    source: PolicySource::Fetched,
                 };
                 let mx: Vec<String> = stored.policy.mx.iter().map(|m| m.to_string()).collect();
                 match &cached {
@@ -482,9 +597,8 @@ impl Inner {
             }
             Err(e) => {
                 let reason = format!("policy fetch from {} failed: {e}", self.fetcher.url(domain));
-                tracing::warn!(domain, id = %record.id, class = e.class(), "{reason}");
-                self.failed(domain, cached.as_deref(), failures, reason)
-                    .await;
+                tracing::warn!(domain, id = %id, class = e.class(), "{reason}");
+                self.failed(domain, cached, failures, reason).await;
             }
         }
     }

@@ -43,8 +43,16 @@ impl Handler {
                 known.join(", ")
             );
         };
+        let started = std::time::Instant::now();
         let answer = self.resolver.lookup(key).await;
         let reply = render(&answer, map);
+        let kind = match reply.split(' ').next() {
+            Some("OK") => "secure",
+            Some("NOTFOUND") => "notfound",
+            Some("TEMP") => "temp",
+            _ => "perm",
+        };
+        crate::metrics::metrics().lookup(map_name, kind, started.elapsed());
         tracing::debug!(peer, map = map_name, key = %key.escape_debug(), reply = %reply, "socketmap lookup");
         if let Err(e) = &answer {
             tracing::error!(peer, key = %key.escape_debug(), error = %e, "lookup failed; answered TEMP");

@@ -83,6 +83,7 @@ mod tests {
             policy,
             body,
             fetched_at: 0,
+            source: Default::default(),
         })))
     }
 

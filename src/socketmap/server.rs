@@ -31,6 +31,10 @@ impl Listeners {
 
 /// Binds every `socketmap.listen` address.
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    if let Some(passed) = systemd_listeners()? {
+        tracing::info!("using the sockets passed by systemd; socketmap.listen is ignored");
+        return Ok(passed);
+    }
     let mut out = Listeners {
         tcp: Vec::new(),
         unix: Vec::new(),
@@ -50,6 +54,56 @@ pub async fn bind(config: &Config) -> Result<Listeners, String> {
         }
     }
     Ok(out)
+}
+
+/// Sockets handed over by systemd socket activation (`LISTEN_FDS`, starting
+/// at fd 3), if they are meant for this process.
+fn systemd_listeners() -> Result<Option<Listeners>, String> {
+    use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+    use std::os::fd::FromRawFd;
+
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !for_us || count <= 0 {
+        return Ok(None);
+    }
+    let mut out = Listeners {
+        tcp: Vec::new(),
+        unix: Vec::new(),
+    };
+    for fd in 3..3 + count {
+        let addr: SockaddrStorage =
+            getsockname(fd).map_err(|e| format!("socket {fd} passed by systemd: {e}"))?;
+        match addr.family() {
+            Some(AddressFamily::Unix) => {
+                // SAFETY: systemd passes us ownership of fds 3.. (sd_listen_fds(3)),
+                // and each is taken exactly once.
+                let std = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+                std.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let l = UnixListener::from_std(std).map_err(|e| e.to_string())?;
+                out.unix.push((l, format!("systemd socket {fd}")));
+            }
+            Some(AddressFamily::Inet) | Some(AddressFamily::Inet6) => {
+                // SAFETY: as above.
+                let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                std.set_nonblocking(true).map_err(|e| e.to_string())?;
+                out.tcp
+                    .push(TcpListener::from_std(std).map_err(|e| e.to_string())?);
+            }
+            other => {
+                return Err(format!(
+                    "socket {fd} passed by systemd has unsupported family {other:?}"
+                ))
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 fn bind_unix(path: &Path, config: &Config) -> Result<UnixListener, String> {
@@ -126,6 +180,9 @@ pub async fn serve(
         maps: config.socketmap.maps.clone(),
         idle_timeout: config.socketmap.idle_timeout,
     });
+    for map in config.socketmap.maps.keys() {
+        crate::metrics::metrics().init_map(map);
+    }
     let slots = Arc::new(Semaphore::new(config.socketmap.max_connections));
     let mut accept_loops = JoinSet::new();
     let all = listeners.tcp.into_iter().map(Listener::Tcp).chain(

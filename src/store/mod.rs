@@ -6,6 +6,7 @@
 //! for refresh is decided by the resolver alone.
 
 pub mod embedded;
+pub mod redis;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 
+pub use self::redis::RedisTier;
 pub use embedded::Embedded;
 
 /// Seconds since the Unix epoch. Stored times are wall-clock times because
@@ -37,6 +39,21 @@ pub struct StoredPolicy {
     pub body: String,
     /// When the policy was last fetched successfully (Unix seconds).
     pub fetched_at: u64,
+    /// Fetched from the domain, or an administrator's override from config.
+    #[serde(default)]
+    pub source: PolicySource,
+}
+
+/// Where a policy came from. Overrides are never stored; they are made from
+/// the configuration on each lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum PolicySource {
+    #[default]
+    Fetched,
+    Override {
+        reason: String,
+    },
 }
 
 impl StoredPolicy {
@@ -62,13 +79,29 @@ pub struct StoreError(pub String);
 pub struct PolicyStore {
     memory: moka::future::Cache<String, Option<Arc<StoredPolicy>>>,
     disk: Option<Arc<Embedded>>,
+    redis: Option<Arc<RedisTier>>,
+}
+
+/// Who fetches a domain's policy now (see [`PolicyStore::begin_fetch`]).
+#[derive(Debug)]
+pub enum FetchTurn {
+    /// No shared store: fetch.
+    Solo,
+    /// We hold the fleet's lock for this domain: fetch, then `end_fetch`.
+    Mine(String),
+    /// Another agent is fetching it: wait for its result in the shared store.
+    Theirs,
 }
 
 impl std::fmt::Debug for PolicyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = match &self.redis {
+            Some(r) => format!(" + {}", r.describe()),
+            None => String::new(),
+        };
         match &self.disk {
-            Some(d) => write!(f, "PolicyStore(memory + {})", d.path().display()),
-            None => f.write_str("PolicyStore(memory only)"),
+            Some(d) => write!(f, "PolicyStore(memory + {}{shared})", d.path().display()),
+            None => write!(f, "PolicyStore(memory only{shared})"),
         }
     }
 }
@@ -80,6 +113,7 @@ impl PolicyStore {
         Ok(PolicyStore {
             memory: moka::future::Cache::new(memory_entries),
             disk: Some(Arc::new(disk)),
+            redis: None,
         })
     }
 
@@ -88,7 +122,14 @@ impl PolicyStore {
         PolicyStore {
             memory: moka::future::Cache::new(memory_entries),
             disk: None,
+            redis: None,
         }
+    }
+
+    /// Shares policies through Redis, with this store as the local fallback.
+    pub fn with_redis(mut self, redis: RedisTier) -> PolicyStore {
+        self.redis = Some(Arc::new(redis));
+        self
     }
 
     pub fn is_persistent(&self) -> bool {
@@ -99,17 +140,58 @@ impl PolicyStore {
         format!("{self:?}")
     }
 
+    /// The policy of `domain`. With Redis up, the shared copy wins unless the
+    /// local one is newer, so a change stored by any agent is seen here at the
+    /// next lookup; with Redis slow or down, the local tiers answer.
     pub async fn get(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
+        let Some(redis) = &self.redis else {
+            return self.get_local(domain).await;
+        };
+        let Ok((shared, recovered)) = redis.get(domain).await else {
+            return self.get_local(domain).await;
+        };
+        if recovered {
+            self.spawn_catch_up();
+        }
+        let local = self.get_local(domain).await?;
+        match (shared, local) {
+            (Some(s), Some(l)) if l.fetched_at > s.fetched_at => Ok(Some(l)),
+            (Some(s), Some(l)) if *l == s => Ok(Some(l)),
+            (Some(s), _) => {
+                crate::metrics::metrics().cache_hit("redis");
+                Ok(Some(self.put_local(s).await?))
+            }
+            (None, local) => Ok(local),
+        }
+    }
+
+    async fn get_local(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
+        let m = crate::metrics::metrics();
+        // A remembered absence counts as no hit: the caller goes on to discovery.
+        if let Some(hit) = self.memory.get(domain).await {
+            if hit.is_some() {
+                m.cache_hit("memory");
+            }
+            return Ok(hit);
+        }
         let Some(disk) = &self.disk else {
-            return Ok(self.memory.get(domain).await.flatten());
+            return Ok(None);
         };
         let disk = disk.clone();
         let key = domain.to_string();
         self.memory
             .try_get_with(domain.to_string(), async move {
-                blocking(move || disk.get(&key))
+                let found = blocking(move || disk.get(&key))
                     .await
-                    .map(|p| p.map(Arc::new))
+                    .map(|p| p.map(Arc::new));
+                match &found {
+                    Ok(Some(_)) => m.cache_hit("disk"),
+                    Ok(None) => {}
+                    Err(_) => {
+                        m.store_errors.inc();
+                    }
+                }
+                found
             })
             .await
             .map_err(|e: Arc<StoreError>| (*e).clone())
@@ -118,11 +200,23 @@ impl PolicyStore {
     /// Writes through to disk before the memory tier, so what a lookup sees
     /// is always what a restart will see.
     pub async fn put(&self, policy: StoredPolicy) -> Result<Arc<StoredPolicy>, StoreError> {
+        let policy = self.put_local(policy).await?;
+        if let Some(redis) = &self.redis {
+            if let Ok(true) = redis.put(&policy).await {
+                self.spawn_catch_up();
+            }
+        }
+        Ok(policy)
+    }
+
+    async fn put_local(&self, policy: StoredPolicy) -> Result<Arc<StoredPolicy>, StoreError> {
         let policy = Arc::new(policy);
         if let Some(disk) = &self.disk {
             let disk = disk.clone();
             let p = policy.clone();
-            blocking(move || disk.put(&p)).await?;
+            blocking(move || disk.put(&p)).await.inspect_err(|_| {
+                crate::metrics::metrics().store_errors.inc();
+            })?;
         }
         self.memory
             .insert(policy.domain.clone(), Some(policy.clone()))
@@ -131,6 +225,9 @@ impl PolicyStore {
     }
 
     pub async fn remove(&self, domain: &str) -> Result<(), StoreError> {
+        if let Some(redis) = &self.redis {
+            let _ = redis.remove(domain).await;
+        }
         if let Some(disk) = &self.disk {
             let disk = disk.clone();
             let key = domain.to_string();
@@ -152,6 +249,73 @@ impl PolicyStore {
             }
             None => Ok(self.memory.iter().filter_map(|(_, v)| v).collect()),
         }
+    }
+}
+
+impl PolicyStore {
+    /// Decides which agent of a fleet fetches `domain` now.
+    pub async fn begin_fetch(&self, domain: &str) -> FetchTurn {
+        let Some(redis) = &self.redis else {
+            return FetchTurn::Solo;
+        };
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        match redis.try_lock(domain, &token).await {
+            Ok(true) => FetchTurn::Mine(token),
+            Ok(false) => FetchTurn::Theirs,
+            // Redis down: every agent fends for itself, as without Redis.
+            Err(_) => FetchTurn::Solo,
+        }
+    }
+
+    pub async fn end_fetch(&self, domain: &str, turn: &FetchTurn) {
+        if let (Some(redis), FetchTurn::Mine(token)) = (&self.redis, turn) {
+            redis.unlock(domain, token).await;
+        }
+    }
+
+    /// Whether another agent still holds `domain`'s fetch lock (false when
+    /// Redis cannot tell).
+    pub async fn fetch_in_progress_elsewhere(&self, domain: &str) -> bool {
+        match &self.redis {
+            Some(redis) => redis.is_locked(domain).await.unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// After an outage, pushes local policies Redis lacks (or has older).
+    fn spawn_catch_up(&self) {
+        let (Some(redis), true) = (
+            self.redis.clone(),
+            self.disk.is_some() || self.redis.is_some(),
+        ) else {
+            return;
+        };
+        let store = self.clone();
+        tokio::spawn(async move {
+            let Ok(local) = store.list().await else {
+                return;
+            };
+            let now = unix_now();
+            let mut pushed = 0;
+            for p in local.iter().filter(|p| p.is_valid_at(now)) {
+                let newer = match redis.get(&p.domain).await {
+                    Ok((Some(shared), _)) => p.fetched_at > shared.fetched_at,
+                    Ok((None, _)) => true,
+                    Err(_) => return,
+                };
+                if newer && redis.put(p).await.is_ok() {
+                    pushed += 1;
+                }
+            }
+            tracing::info!(pushed, "redis caught up with the local store");
+        });
     }
 }
 
@@ -180,6 +344,7 @@ mod tests {
             },
             body: "version: STSv1\n".to_string(),
             fetched_at: 1_000,
+            source: PolicySource::Fetched,
         }
     }
 

@@ -29,14 +29,14 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
 }
 
 /// The world's config with the socketmap on `127.0.0.1:port`.
-fn daemon_config(world: &World, port: u16) -> String {
+pub(crate) fn daemon_config(world: &World, port: u16) -> String {
     format!(
         "{}\n[socketmap]\nlisten = [\"127.0.0.1:{port}\"]\n",
         world.config_toml()
@@ -44,7 +44,7 @@ fn daemon_config(world: &World, port: u16) -> String {
 }
 
 /// A `serve` child process, killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
 }
@@ -52,7 +52,7 @@ struct Daemon {
 impl Daemon {
     /// Starts `mta-sts-agent --config CONFIG serve` (stdout and stderr to
     /// `log`) and waits until `addr` accepts connections.
-    async fn start(config: &Path, addr: SocketAddr, log: PathBuf) -> Daemon {
+    pub(crate) async fn start(config: &Path, addr: SocketAddr, log: PathBuf) -> Daemon {
         let out = std::fs::File::create(&log).expect("create the daemon log");
         let err = out.try_clone().expect("clone the log handle");
         let child = Command::new(BIN)
@@ -87,7 +87,7 @@ impl Daemon {
         daemon
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -113,7 +113,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then expect a clean exit 0 within a few seconds.
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         self.signal("TERM");
         let status = self.wait_exit(Duration::from_secs(5)).await;
         assert_eq!(
@@ -132,7 +132,7 @@ impl Drop for Daemon {
 }
 
 /// Runs the binary to completion (at most 20 s).
-async fn run(args: &[&str]) -> Output {
+pub(crate) async fn run(args: &[&str]) -> Output {
     let child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
@@ -148,7 +148,7 @@ async fn run(args: &[&str]) -> Output {
         .expect("collect the output")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

@@ -8,9 +8,12 @@ mod harness;
 mod support;
 mod support_selftest;
 
+mod admin;
 mod daemon;
 mod discovery;
 mod fetch;
+mod fleet;
+mod packaging;
 mod postmap;
 mod proxy;
 mod resolver;

@@ -12,6 +12,7 @@ pub mod ca;
 pub mod dns;
 pub mod https;
 pub mod proxy;
+pub mod redis;
 
 /// Installs rustls' `ring` crypto provider as the process default.
 ///

@@ -1,0 +1,243 @@
+//! The local control socket behind `mta-sts-agent policy show|refresh|purge|list`.
+//!
+//! A unix socket in the state directory, mode 0600 inside a 0700 directory:
+//! only the daemon's own user (root, when run as root) can steer it. One JSON
+//! request line in, one JSON response line out. When no daemon is running the
+//! CLI runs the same [`handle`] on the store directly, so the commands work
+//! either way and never disagree.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::resolver::{Answer, Resolver};
+use crate::store::{PolicySource, StoredPolicy};
+
+const MAX_LINE: u64 = 64 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Show { domain: String },
+    Refresh { domain: String },
+    Purge { domain: String },
+    List,
+}
+
+/// A policy as the admin commands show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    pub domain: String,
+    pub mode: String,
+    pub id: String,
+    pub mx: Vec<String>,
+    pub fetched_at: u64,
+    pub expires_at: u64,
+    /// "fetched" or "override: <reason>".
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+impl PolicyView {
+    fn of(p: &StoredPolicy, with_body: bool) -> PolicyView {
+        PolicyView {
+            domain: p.domain.clone(),
+            mode: p.policy.mode.to_string(),
+            id: p.id.clone(),
+            mx: p.policy.mx.iter().map(|m| m.to_string()).collect(),
+            fetched_at: p.fetched_at,
+            expires_at: p.expires_at(),
+            source: match &p.source {
+                PolicySource::Fetched => "fetched".to_string(),
+                PolicySource::Override { reason } => format!("override: {reason}"),
+            },
+            body: with_body.then(|| p.body.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub policies: Vec<PolicyView>,
+}
+
+fn failure(e: impl ToString) -> Response {
+    Response {
+        ok: false,
+        error: Some(e.to_string()),
+        ..Response::default()
+    }
+}
+
+/// Runs one admin request against a resolver (the daemon's, or the CLI's own).
+pub async fn handle(resolver: &Resolver, req: Request) -> Response {
+    match req {
+        Request::Show { domain } => {
+            let mut policies = Vec::new();
+            if let Some(o) = resolver.override_for(&domain) {
+                policies.push(PolicyView::of(&o, false));
+            }
+            match resolver.cached(&domain).await {
+                Ok(Some(p)) => policies.push(PolicyView::of(&p, true)),
+                Ok(None) => {}
+                Err(e) => return failure(e),
+            }
+            let message = policies
+                .is_empty()
+                .then(|| format!("no cached policy for {domain}"));
+            Response {
+                ok: true,
+                message,
+                policies,
+                ..Response::default()
+            }
+        }
+        Request::Refresh { domain } => match resolver.refresh_now(&domain).await {
+            Ok(Answer::Policy(p)) => Response {
+                ok: true,
+                message: Some(format!("{} policy for {}", p.policy.mode, p.domain)),
+                policies: vec![PolicyView::of(&p, true)],
+                ..Response::default()
+            },
+            Ok(Answer::NoPolicy(why)) => Response {
+                ok: true,
+                message: Some(format!("{domain}: {why}")),
+                ..Response::default()
+            },
+            Err(e) => failure(e),
+        },
+        Request::Purge { domain } => match resolver.purge(&domain).await {
+            Ok(()) => {
+                tracing::info!(domain = %domain, "policy purged by administrator");
+                Response {
+                    ok: true,
+                    message: Some(format!("forgot everything cached for {domain}")),
+                    ..Response::default()
+                }
+            }
+            Err(e) => failure(e),
+        },
+        Request::List => match resolver.store().list().await {
+            Ok(mut all) => {
+                all.sort_by(|a, b| a.domain.cmp(&b.domain));
+                Response {
+                    ok: true,
+                    policies: all.iter().map(|p| PolicyView::of(p, false)).collect(),
+                    ..Response::default()
+                }
+            }
+            Err(e) => failure(e),
+        },
+    }
+}
+
+/// `control_socket` from the config, else `<state_dir>/control.sock`.
+pub fn socket_path(config: &Config) -> PathBuf {
+    config
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| config.state_dir().join("control.sock"))
+}
+
+/// Binds the control socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "cannot create the control socket {}: a file that is not a socket is in the way",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| format!("cannot create the control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod the control socket {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Serves admin requests until shutdown.
+pub async fn serve(
+    listener: UnixListener,
+    resolver: Resolver,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(TIMEOUT, serve_one(stream, &resolver)).await {
+                tracing::warn!(error = %e, "control request timed out");
+            }
+        });
+    }
+}
+
+async fn serve_one(stream: UnixStream, resolver: &Resolver) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_LINE));
+    let response = match reader.read_line(&mut line).await {
+        Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
+            Ok(req) => handle(resolver, req).await,
+            Err(e) => failure(format!("bad control request: {e}")),
+        },
+        Err(e) => failure(format!("cannot read control request: {e}")),
+    };
+    if let Ok(mut text) = serde_json::to_string(&response) {
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+    }
+}
+
+/// Sends one request to a running daemon. `Err` with `NotFound` or
+/// `ConnectionRefused` means no daemon is listening.
+pub async fn request(path: &Path, req: &Request) -> std::io::Result<Response> {
+    let stream = UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(req).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(16 * 1024 * 1024));
+    tokio::time::timeout(TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "daemon did not answer")
+        })??;
+    serde_json::from_str(line.trim_end()).map_err(std::io::Error::other)
+}

@@ -1,0 +1,322 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` HTTP listener.
+//!
+//! The metrics are process-wide (one daemon per process), so every layer
+//! records where the event happens without threading a handle through.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::resolver::Resolver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub map: String,
+    /// secure, notfound, temp or perm.
+    pub answer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// memory or disk (redis once the fleet store exists).
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// ok or error.
+    pub outcome: String,
+    /// The failure class (timeout, tls, redirect, …), "none" on success.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// record, no-record, failure.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub lookups: Family<LookupLabels, Counter>,
+    pub lookup_seconds: Histogram,
+    pub cache_hits: Family<TierLabels, Counter>,
+    pub fetches: Family<FetchLabels, Counter>,
+    pub discoveries: Family<ResultLabels, Counter>,
+    pub store_errors: Counter,
+    pub overrides_applied: Counter,
+    pub policies: Family<ModeLabels, Gauge>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mta_sts");
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "lookups",
+            "Socketmap lookups by map and answer",
+            lookups.clone(),
+        );
+        // 50 µs to ~3 s: cached answers are microseconds, first lookups wait
+        // on DNS and HTTPS.
+        let lookup_seconds = Histogram::new(exponential_buckets(0.00005, 4.0, 9));
+        registry.register(
+            "lookup_duration_seconds",
+            "Time to answer a socketmap lookup",
+            lookup_seconds.clone(),
+        );
+        let cache_hits = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "cache_hits",
+            "Policy store reads answered, by tier",
+            cache_hits.clone(),
+        );
+        let fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "fetches",
+            "HTTPS policy fetches by outcome and failure reason",
+            fetches.clone(),
+        );
+        let discoveries = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "discoveries",
+            "_mta-sts TXT lookups by result",
+            discoveries.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Errors reading or writing the policy store",
+            store_errors.clone(),
+        );
+        let overrides_applied = Counter::default();
+        registry.register(
+            "overrides_applied",
+            "Lookups answered by a configured override",
+            overrides_applied.clone(),
+        );
+        let policies = Family::<ModeLabels, Gauge>::default();
+        registry.register(
+            "policies",
+            "Cached policies by mode (at scrape time)",
+            policies.clone(),
+        );
+        // Known label values start at zero, so dashboards and alerts see
+        // every series from the first scrape, not only after a first event.
+        for tier in ["memory", "disk", "redis"] {
+            let _ = cache_hits.get_or_create(&TierLabels {
+                tier: tier.to_string(),
+            });
+        }
+        let _ = fetches.get_or_create(&FetchLabels {
+            outcome: "ok".to_string(),
+            reason: "none".to_string(),
+        });
+        for result in ["record", "no-record", "failure"] {
+            let _ = discoveries.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
+        Metrics {
+            registry,
+            lookups,
+            lookup_seconds,
+            cache_hits,
+            fetches,
+            discoveries,
+            store_errors,
+            overrides_applied,
+            policies,
+        }
+    }
+
+    pub fn lookup(&self, map: &str, answer: &str, took: Duration) {
+        self.lookups
+            .get_or_create(&LookupLabels {
+                map: map.to_string(),
+                answer: answer.to_string(),
+            })
+            .inc();
+        self.lookup_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Creates the lookup series of a map at zero (called per configured map).
+    pub fn init_map(&self, map: &str) {
+        for answer in ["secure", "notfound", "temp", "perm"] {
+            let _ = self.lookups.get_or_create(&LookupLabels {
+                map: map.to_string(),
+                answer: answer.to_string(),
+            });
+        }
+    }
+
+    pub fn cache_hit(&self, tier: &str) {
+        self.cache_hits
+            .get_or_create(&TierLabels {
+                tier: tier.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn fetch(&self, error_class: Option<&str>) {
+        let (outcome, reason) = match error_class {
+            None => ("ok", "none"),
+            Some(c) => ("error", c),
+        };
+        self.fetches
+            .get_or_create(&FetchLabels {
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn discovery(&self, result: &str) {
+        self.discoveries
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the policy gauges brought up to date.
+    pub async fn render(&self, resolver: &Resolver) -> String {
+        if let Ok(all) = resolver.store().list().await {
+            self.policies.clear();
+            for mode in ["enforce", "testing", "none"] {
+                let _ = self.policies.get_or_create(&ModeLabels {
+                    mode: mode.to_string(),
+                });
+            }
+            for p in all {
+                self.policies
+                    .get_or_create(&ModeLabels {
+                        mode: p.policy.mode.to_string(),
+                    })
+                    .inc();
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Serves `GET /metrics` and `GET /healthz` until shutdown. Plain HTTP/1.1,
+/// one request per connection, bounded head and time: it is meant for a
+/// Prometheus on the same host or network, not for the internet.
+pub async fn serve(listener: TcpListener, resolver: Resolver, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &resolver)).await;
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, resolver: &Resolver) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 8192 {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
+        }
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match (method, path) {
+        ("GET", "/metrics") => {
+            let body = metrics().render(resolver).await;
+            respond(
+                &mut stream,
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                &body,
+            )
+            .await
+        }
+        ("GET", "/healthz") => match resolver.cached("healthz.invalid").await {
+            Ok(_) => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+            Err(e) => {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    &format!("{e}\n"),
+                )
+                .await
+            }
+        },
+        ("GET", _) => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "try /metrics or /healthz\n",
+            )
+            .await
+        }
+        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

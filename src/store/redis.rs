@@ -1,0 +1,247 @@
+//! The fleet tier: policies shared through Redis (or Valkey), so N agents
+//! make one fetch per domain per refresh and see a change at their next
+//! lookup. Redis is never trusted to be there: every call has a short
+//! deadline, and after a failure Redis is skipped (with backoff) while the
+//! local tiers answer. The outage is logged once, and its end once.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+
+use super::{unix_now, StoredPolicy};
+use crate::config::RedisConfig;
+
+/// Health of the Redis connection, as seen by our calls.
+struct Health {
+    up: bool,
+    /// While down: no call before this.
+    next_try: Instant,
+    backoff: Duration,
+}
+
+pub struct RedisTier {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    lock_ttl: Duration,
+    url_for_logs: String,
+    health: Mutex<Health>,
+}
+
+/// Redis could not answer in time (or at all); the caller uses local tiers.
+#[derive(Debug)]
+pub struct Unavailable;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl RedisTier {
+    /// Sets up a lazy connection: Redis being down at start-up is an outage
+    /// like any other, not a reason to refuse to start.
+    pub fn new(cfg: &RedisConfig, url: &str) -> Result<RedisTier, String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("redis.url {:?}: {e}", redact(url)))?;
+        let mgr_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(MAX_BACKOFF);
+        let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)
+            .map_err(|e| format!("redis.url {:?}: {e}", redact(url)))?;
+        Ok(RedisTier {
+            conn,
+            prefix: cfg.key_prefix.clone(),
+            timeout: cfg.timeout,
+            lock_ttl: cfg.lock_ttl,
+            url_for_logs: redact(url),
+            health: Mutex::new(Health {
+                up: true,
+                next_try: Instant::now(),
+                backoff: MIN_BACKOFF,
+            }),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("redis {}", self.url_for_logs)
+    }
+
+    fn policy_key(&self, domain: &str) -> String {
+        format!("{}policy:{domain}", self.prefix)
+    }
+
+    fn lock_key(&self, domain: &str) -> String {
+        format!("{}lock:{domain}", self.prefix)
+    }
+
+    /// False while Redis is known down and its retry time has not come.
+    fn available(&self) -> bool {
+        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.up || Instant::now() >= h.next_try
+    }
+
+    /// Records a call's outcome. Returns true when Redis just came back.
+    fn record(&self, ok: bool, what: &str) -> bool {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match (h.up, ok) {
+            (true, true) => false,
+            (false, true) => {
+                h.up = true;
+                h.backoff = MIN_BACKOFF;
+                tracing::info!(redis = %self.url_for_logs, "redis reachable again; sharing policies through it");
+                true
+            }
+            (true, false) => {
+                h.up = false;
+                h.next_try = Instant::now() + h.backoff;
+                tracing::warn!(redis = %self.url_for_logs, error = %what, "redis unavailable; answering from the local tiers until it returns");
+                false
+            }
+            (false, false) => {
+                h.backoff = (h.backoff * 2).min(MAX_BACKOFF);
+                h.next_try = Instant::now() + h.backoff;
+                false
+            }
+        }
+    }
+
+    /// Runs one Redis call under the deadline, keeping the health record.
+    /// Returns the value and whether Redis just recovered.
+    async fn call<T, F>(&self, f: F) -> Result<(T, bool), Unavailable>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.available() {
+            return Err(Unavailable);
+        }
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => {
+                let recovered = self.record(true, "");
+                Ok((v, recovered))
+            }
+            Ok(Err(e)) => {
+                crate::metrics::metrics().store_errors.inc();
+                self.record(false, &e.to_string());
+                Err(Unavailable)
+            }
+            Err(_) => {
+                crate::metrics::metrics().store_errors.inc();
+                self.record(false, &format!("no answer within {:?}", self.timeout));
+                Err(Unavailable)
+            }
+        }
+    }
+
+    pub async fn get(&self, domain: &str) -> Result<(Option<StoredPolicy>, bool), Unavailable> {
+        let mut conn = self.conn.clone();
+        let key = self.policy_key(domain);
+        let (raw, recovered): (Option<Vec<u8>>, bool) =
+            self.call(async move { conn.get(key).await }).await?;
+        let policy = raw.and_then(|raw| match serde_json::from_slice::<StoredPolicy>(&raw) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(domain, error = %e, "unreadable policy in redis ignored");
+                None
+            }
+        });
+        Ok((policy, recovered))
+    }
+
+    /// Stores a policy with a Redis expiry equal to its remaining max_age.
+    pub async fn put(&self, p: &StoredPolicy) -> Result<bool, Unavailable> {
+        let remaining = p.expires_at().saturating_sub(unix_now());
+        if remaining == 0 {
+            return Ok(false);
+        }
+        let raw = serde_json::to_vec(p).map_err(|_| Unavailable)?;
+        let mut conn = self.conn.clone();
+        let key = self.policy_key(&p.domain);
+        let (_, recovered): ((), bool) = self
+            .call(async move { conn.set_ex(key, raw, remaining).await })
+            .await?;
+        Ok(recovered)
+    }
+
+    pub async fn remove(&self, domain: &str) -> Result<(), Unavailable> {
+        let mut conn = self.conn.clone();
+        let key = self.policy_key(domain);
+        let _: (i64, bool) = self.call(async move { conn.del(key).await }).await?;
+        Ok(())
+    }
+
+    /// Tries to become the one agent that fetches `domain` now. `Ok(false)`:
+    /// another agent holds the lock.
+    pub async fn try_lock(&self, domain: &str, token: &str) -> Result<bool, Unavailable> {
+        let mut conn = self.conn.clone();
+        let key = self.lock_key(domain);
+        let ms = self.lock_ttl.as_millis() as u64;
+        let token = token.to_string();
+        let (set, _): (Option<String>, bool) = self
+            .call(async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn is_locked(&self, domain: &str) -> Result<bool, Unavailable> {
+        let mut conn = self.conn.clone();
+        let key = self.lock_key(domain);
+        let (n, _): (i64, bool) = self.call(async move { conn.exists(key).await }).await?;
+        Ok(n > 0)
+    }
+
+    /// Releases the lock if it is still ours (it may have expired and been
+    /// taken by another agent meanwhile).
+    pub async fn unlock(&self, domain: &str, token: &str) {
+        let mut conn = self.conn.clone();
+        let key = self.lock_key(domain);
+        let token = token.to_string();
+        // Compare-and-delete in one step, so we never delete a lock that
+        // expired and was taken by another agent meanwhile.
+        const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let _ = self
+            .call(async move {
+                let n: i64 = redis::cmd("EVAL")
+                    .arg(UNLOCK)
+                    .arg(1)
+                    .arg(key)
+                    .arg(token)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(n)
+            })
+            .await;
+    }
+}
+
+/// Hides a password in a redis:// URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact("redis://:secret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
