@@ -2,15 +2,17 @@
 //! "there is nothing" (NXDOMAIN or no records) is different from "we could not
 //! find out" (SERVFAIL, timeout), because only the first may end a policy.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ProtocolConfig, ResolverConfig,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::op::{Edns, Message, MessageType, Query};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
 use crate::config::Config;
@@ -42,10 +44,56 @@ impl<T> Answer<T> {
     }
 }
 
+/// One MX record. `exchange` is in A-label form, lower case, without the
+/// trailing dot; the null MX of RFC 7505 (`0 .`) has an empty exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    pub preference: u16,
+    pub exchange: String,
+}
+
+impl MxRecord {
+    /// RFC 7505: "The domain accepts no mail" (exchange is the root, `.`).
+    pub fn is_null(&self) -> bool {
+        self.exchange.is_empty()
+    }
+}
+
+/// One CAA record (RFC 8659), value as text (lossy for non-UTF-8 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaaRecord {
+    pub critical: bool,
+    pub tag: String,
+    pub value: String,
+}
+
+/// One TLSA record (RFC 6698): usage, selector, matching type, data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsaRecord {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Display for TlsaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} ", self.usage, self.selector, self.matching)?;
+        for b in &self.data {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
     description: Arc<str>,
+    /// The configured name servers (empty: those of /etc/resolv.conf), for
+    /// the raw query of [`Dns::authenticated`].
+    servers: Arc<[SocketAddr]>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Dns {
@@ -100,6 +148,8 @@ impl Dns {
         Ok(Dns {
             resolver,
             description: description.into(),
+            servers: servers.into(),
+            timeout: config.dns.timeout,
         })
     }
 
@@ -160,6 +210,181 @@ impl Dns {
                 }
             }
             Err(e) => Self::classify(name, e),
+        }
+    }
+
+    /// Records of one type at `name`, CNAMEs followed by the resolver and
+    /// left out of the answer.
+    async fn rdata(&self, name: &str, rtype: RecordType) -> Result<Answer<RData>, DnsError> {
+        let fqdn = Self::fqdn(name)?;
+        match self.resolver.lookup(fqdn, rtype).await {
+            Ok(lookup) => {
+                let records: Vec<RData> = lookup
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .map(|r| r.data.clone())
+                    .collect();
+                if records.is_empty() {
+                    Ok(Answer::NoRecords { nxdomain: false })
+                } else {
+                    Ok(Answer::Records(records))
+                }
+            }
+            Err(e) => Self::classify(name, e),
+        }
+    }
+
+    fn map<T>(answer: Answer<RData>, f: impl Fn(RData) -> Option<T>) -> Answer<T> {
+        match answer {
+            Answer::Records(r) => {
+                let out: Vec<T> = r.into_iter().filter_map(f).collect();
+                if out.is_empty() {
+                    Answer::NoRecords { nxdomain: false }
+                } else {
+                    Answer::Records(out)
+                }
+            }
+            Answer::NoRecords { nxdomain } => Answer::NoRecords { nxdomain },
+        }
+    }
+
+    /// MX records of `domain`, sorted by preference (stable for equal ones).
+    pub async fn mx(&self, domain: &str) -> Result<Answer<MxRecord>, DnsError> {
+        let answer = self.rdata(domain, RecordType::MX).await?;
+        let mut answer = Self::map(answer, |d| match d {
+            RData::MX(mx) => Some(MxRecord {
+                preference: mx.preference,
+                exchange: mx
+                    .exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            }),
+            _ => None,
+        });
+        if let Answer::Records(r) = &mut answer {
+            r.sort_by_key(|m| m.preference);
+        }
+        Ok(answer)
+    }
+
+    /// A records of `host`.
+    pub async fn a(&self, host: &str) -> Result<Answer<Ipv4Addr>, DnsError> {
+        let answer = self.rdata(host, RecordType::A).await?;
+        Ok(Self::map(answer, |d| match d {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        }))
+    }
+
+    /// AAAA records of `host`.
+    pub async fn aaaa(&self, host: &str) -> Result<Answer<Ipv6Addr>, DnsError> {
+        let answer = self.rdata(host, RecordType::AAAA).await?;
+        Ok(Self::map(answer, |d| match d {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        }))
+    }
+
+    /// CAA records at exactly `name` (no climbing; see RFC 8659 §3 for the
+    /// tree walk, which the caller does).
+    pub async fn caa(&self, name: &str) -> Result<Answer<CaaRecord>, DnsError> {
+        let answer = self.rdata(name, RecordType::CAA).await?;
+        Ok(Self::map(answer, |d| match d {
+            RData::CAA(caa) => Some(CaaRecord {
+                critical: caa.issuer_critical,
+                tag: caa.tag.clone(),
+                value: String::from_utf8_lossy(&caa.value).into_owned(),
+            }),
+            _ => None,
+        }))
+    }
+
+    /// TLSA records at `name` (e.g. `_25._tcp.mx.example.com`).
+    pub async fn tlsa(&self, name: &str) -> Result<Answer<TlsaRecord>, DnsError> {
+        let answer = self.rdata(name, RecordType::TLSA).await?;
+        Ok(Self::map(answer, |d| match d {
+            RData::TLSA(t) => Some(TlsaRecord {
+                usage: t.cert_usage.into(),
+                selector: t.selector.into(),
+                matching: t.matching.into(),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        }))
+    }
+
+    /// Whether the first configured name server says the answer for
+    /// `(name, rtype)` is DNSSEC-authenticated (the AD bit, RFC 4035 §3.2.3,
+    /// asked for with AD and DO set as RFC 6840 §5.7 describes). Only as
+    /// trustworthy as the path to that server; used for diagnosis, never for
+    /// a policy decision. One UDP exchange, bounded by the DNS timeout.
+    pub async fn authenticated(&self, name: &str, rtype: RecordType) -> Result<bool, DnsError> {
+        let err = |reason: String| DnsError {
+            name: name.to_string(),
+            reason,
+        };
+        let server = match self.servers.first() {
+            Some(s) => *s,
+            None => {
+                let (conf, _) = hickory_resolver::system_conf::read_system_conf()
+                    .map_err(|e| err(format!("cannot read /etc/resolv.conf: {e}")))?;
+                let ns = conf
+                    .name_servers()
+                    .first()
+                    .ok_or_else(|| err("no name server in /etc/resolv.conf".into()))?;
+                let port = ns.connections.first().map(|c| c.port).unwrap_or(53);
+                SocketAddr::new(ns.ip, port)
+            }
+        };
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.metadata.authentic_data = true;
+        query.add_query(Query::query(Self::fqdn(name)?, rtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232).set_dnssec_ok(true);
+        query.set_edns(edns);
+        let id = query.metadata.id;
+        let bytes = query
+            .to_vec()
+            .map_err(|e| err(format!("cannot encode query: {e}")))?;
+        let bind: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let exchange = async {
+            let socket = tokio::net::UdpSocket::bind(bind)
+                .await
+                .map_err(|e| err(format!("cannot open a UDP socket: {e}")))?;
+            socket
+                .send_to(&bytes, server)
+                .await
+                .map_err(|e| err(format!("cannot send to {server}: {e}")))?;
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (len, from) = socket
+                    .recv_from(&mut buf)
+                    .await
+                    .map_err(|e| err(format!("no answer from {server}: {e}")))?;
+                if from != server {
+                    continue;
+                }
+                let Ok(reply) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                if reply.metadata.id == id && reply.metadata.message_type == MessageType::Response {
+                    return Ok(reply.metadata.authentic_data);
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(err(format!(
+                "{server} did not answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 

@@ -67,6 +67,31 @@ impl FetchError {
     }
 }
 
+/// What one fetch saw on the wire, for diagnosis: [`Fetcher::fetch`] is
+/// [`Fetcher::fetch_report`] without these details, so the check and the
+/// resolver can never disagree about a policy.
+#[derive(Debug, Clone)]
+pub struct FetchReport {
+    pub url: String,
+    /// The HTTP status, when a response head arrived.
+    pub status: Option<u16>,
+    /// The Content-Type header, when a response head arrived and had one.
+    pub content_type: Option<String>,
+    /// The body of a response that was read completely but is not a valid
+    /// policy (a valid one is in `result`), so errors can quote the line.
+    pub body: Option<Vec<u8>>,
+    pub elapsed: Duration,
+    pub result: Result<FetchedPolicy, FetchError>,
+}
+
+/// The details gathered while a fetch runs (kept when it times out).
+#[derive(Debug, Default)]
+struct Trace {
+    status: Option<u16>,
+    content_type: Option<String>,
+    body: Option<Vec<u8>>,
+}
+
 /// A fetched, validated policy and the exact text it came from.
 #[derive(Debug, Clone)]
 pub struct FetchedPolicy {
@@ -89,8 +114,11 @@ impl std::fmt::Debug for Fetcher {
 }
 
 /// Loads the trust anchors: the system store (which honours `SSL_CERT_FILE`
-/// and `SSL_CERT_DIR`) plus an optional extra PEM file.
-fn trust_store(config: &FetchConfig) -> Result<(RootCertStore, String), String> {
+/// and `SSL_CERT_DIR`) plus an optional extra PEM file. Returns the store and
+/// a description of where it came from. The policy fetcher and the TLS probes
+/// of the check ([`crate::tlsprobe`]) both build on this, so they trust the
+/// same CAs.
+pub fn trust_roots(config: &FetchConfig) -> Result<(RootCertStore, String), String> {
     let mut roots = RootCertStore::empty();
     let mut parts = Vec::new();
     if !config.ca_file_only {
@@ -170,7 +198,7 @@ fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
 impl Fetcher {
     pub fn new(config: &FetchConfig, dns: &Dns) -> Result<Fetcher, String> {
         init_crypto();
-        let (roots, trust) = trust_store(config)?;
+        let (roots, trust) = trust_roots(config)?;
         let mut tls = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -219,14 +247,35 @@ impl Fetcher {
     /// The whole exchange, body included, is bounded by the configured
     /// deadline, so a trickling host cannot hold a task past it.
     pub async fn fetch(&self, domain: &str) -> Result<FetchedPolicy, FetchError> {
+        self.fetch_report(domain).await.result
+    }
+
+    /// [`fetch`](Self::fetch) plus what was seen on the way: status,
+    /// Content-Type, body and time taken.
+    pub async fn fetch_report(&self, domain: &str) -> FetchReport {
         let host = format!("mta-sts.{domain}");
-        match tokio::time::timeout(self.timeout, self.fetch_inner(domain)).await {
-            Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout(self.timeout, host)),
+        let started = std::time::Instant::now();
+        let mut trace = Trace::default();
+        let result =
+            match tokio::time::timeout(self.timeout, self.fetch_inner(domain, &mut trace)).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::Timeout(self.timeout, host)),
+            };
+        FetchReport {
+            url: self.url(domain),
+            status: trace.status,
+            content_type: trace.content_type,
+            body: trace.body,
+            elapsed: started.elapsed(),
+            result,
         }
     }
 
-    async fn fetch_inner(&self, domain: &str) -> Result<FetchedPolicy, FetchError> {
+    async fn fetch_inner(
+        &self,
+        domain: &str,
+        trace: &mut Trace,
+    ) -> Result<FetchedPolicy, FetchError> {
         let url = self.url(domain);
         let mut response = self
             .client
@@ -236,6 +285,11 @@ impl Fetcher {
             .map_err(|e| self.map_send_error(&e, domain))?;
 
         let status = response.status();
+        trace.status = Some(status.as_u16());
+        trace.content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         if status.is_redirection() {
             let location = response
                 .headers()
@@ -251,12 +305,8 @@ impl Fetcher {
         if status != reqwest::StatusCode::OK {
             return Err(FetchError::Status(status.as_u16()));
         }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        if !is_text_plain(content_type.as_deref()) {
-            return Err(FetchError::ContentType(content_type));
+        if !is_text_plain(trace.content_type.as_deref()) {
+            return Err(FetchError::ContentType(trace.content_type.clone()));
         }
         if response
             .content_length()
@@ -281,7 +331,13 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        let parsed = parse_policy(&body).map_err(FetchError::Invalid)?;
+        let parsed = match parse_policy(&body) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                trace.body = Some(body);
+                return Err(FetchError::Invalid(e));
+            }
+        };
         // parse_policy has checked UTF-8 already.
         let body = String::from_utf8_lossy(&body).into_owned();
         Ok(FetchedPolicy { body, parsed })
@@ -292,9 +348,12 @@ impl Fetcher {
         if e.is_timeout() {
             FetchError::Timeout(self.timeout, format!("mta-sts.{domain}"))
         } else if has_source::<rustls::Error>(e)
-            || text.contains("certificate")
-            || text.contains("tls")
+            || ["certificate", "tls", "alert", "handshake"]
+                .iter()
+                .any(|w| text.to_ascii_lowercase().contains(w))
         {
+            // io::Error::source() skips the rustls error it wraps, so the
+            // message text is the reliable sign of a TLS failure.
             FetchError::Tls(text)
         } else if has_source::<crate::dns::DnsError>(e) || text.contains("no A or AAAA records") {
             FetchError::Dns(text)

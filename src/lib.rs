@@ -3,8 +3,11 @@
 //!
 //! Data flows one way: [`policy`] (pure RFC rules) → [`dns`], [`fetch`]
 //! (bounded I/O) → [`store`] (memory over a persistent store) → [`resolver`]
-//! (the only home of the caching rules) → the faces: [`socketmap`] (Postfix).
+//! (the only home of the caching rules) → the faces: [`socketmap`] (Postfix),
+//! [`check`] (the `mta-sts-check` diagnosis, probing with [`smtp`] and
+//! [`tlsprobe`]).
 
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -13,5 +16,7 @@ pub mod fetch;
 pub mod metrics;
 pub mod policy;
 pub mod resolver;
+pub mod smtp;
 pub mod socketmap;
 pub mod store;
+pub mod tlsprobe;

@@ -39,6 +39,13 @@ enum Command {
     },
     /// Print the effective configuration (defaults filled in) as TOML.
     Config,
+    /// Diagnose a domain's MTA-STS deployment: the same tool and options as
+    /// `mta-sts-check` (see `mta-sts-agent check --help`).
+    #[command(disable_help_flag = true)]
+    Check {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Show, refresh or purge cached policies: through the running daemon's
     /// control socket, or directly on the store when no daemon runs.
     Policy {
@@ -64,6 +71,11 @@ enum PolicyAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Check { args } = &cli.command {
+        // Needs no daemon configuration; usage errors exit 3 like mta-sts-check.
+        let argv = std::iter::once("mta-sts-agent check".into()).chain(args.iter().cloned());
+        return mta_sts_agent::check::cli::main_from("mta-sts-agent check", argv);
+    }
     daemon::init_logging(cli.log_format);
     let (config, source) = match daemon::load_config(cli.config.as_deref()) {
         Ok(c) => c,
@@ -94,6 +106,7 @@ fn main() -> ExitCode {
             };
             runtime.block_on(policy_command(config, req, json))
         }
+        Command::Check { .. } => Ok(()), // handled above, before the config is loaded
         Command::Config => toml::to_string_pretty(&config)
             .map(|text| print!("{text}"))
             .map_err(|e| format!("cannot print the configuration: {e}")),

@@ -1,5 +1,6 @@
 //! RFC 8461 rules that need no I/O: the `_mta-sts` TXT record (§3.1), the policy
-//! document (§3.2) and MX host matching (§4.1).
+//! document (§3.2) and MX host matching (§4.1); also the TLS-RPT record
+//! (RFC 8460 §3) that tells senders where to report failures.
 //!
 //! Everything here is a pure function of its input, so every face (socketmap,
 //! relay, check) shares one reading of the RFC and the rules are testable
@@ -8,6 +9,7 @@
 pub mod document;
 pub mod domain;
 pub mod mx;
+pub mod tlsrpt;
 pub mod txt;
 
 pub use document::{parse_policy, Mode, ParsedPolicy, Policy, PolicyError, PolicyErrorKind};

@@ -9,6 +9,7 @@ mod support;
 mod support_selftest;
 
 mod admin;
+mod check;
 mod daemon;
 mod discovery;
 mod fetch;

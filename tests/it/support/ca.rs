@@ -146,7 +146,9 @@ impl TestCa {
         self.issue_between(names, -30, -1)
     }
 
-    fn issue_between(&self, names: &[&str], from_days: i64, to_days: i64) -> Leaf {
+    /// A leaf for `names` valid from `from_days` to `to_days` relative to now
+    /// (negative = in the past), e.g. `(-1, 7)` for one expiring in a week.
+    pub fn issue_between(&self, names: &[&str], from_days: i64, to_days: i64) -> Leaf {
         let key = KeyPair::generate().expect("generate a leaf key");
         let mut params = leaf_params(names);
         set_validity(&mut params, from_days, to_days);

@@ -18,13 +18,14 @@
 //! with its TTL and `minimum` both set to the current TTL (default 0, so
 //! resolvers do not cache between test steps).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
+use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, SOA, TLSA, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -56,6 +57,8 @@ struct Zone {
     records: HashMap<String, HashMap<RecordType, Vec<RData>>>,
     faults: HashMap<String, Fault>,
     queries: HashMap<(String, RecordType), usize>,
+    /// Names whose answers carry the AD (authenticated data) bit.
+    authentic: HashSet<String>,
     ttl: u32,
 }
 
@@ -168,6 +171,44 @@ impl DnsServer {
             .map(|(pref, exchange)| RData::MX(MX::new(*pref, fqdn(exchange))))
             .collect();
         self.set_rrset(name, RecordType::MX, data);
+    }
+
+    /// Replaces all CAA records at `name` with one `issue` record per CA
+    /// domain (e.g. `letsencrypt.org`); `";"` (no CA) is written as `None`.
+    pub fn set_caa_issue(&self, name: &str, cas: &[Option<&str>]) {
+        let data = cas
+            .iter()
+            .map(|ca| RData::CAA(CAA::new_issue(false, ca.map(fqdn), Vec::new())))
+            .collect();
+        self.set_rrset(name, RecordType::CAA, data);
+    }
+
+    /// Replaces all TLSA records at `name` (e.g. `_25._tcp.mx.example.test`);
+    /// each entry is `(usage, selector, matching, data)`.
+    pub fn set_tlsa(&self, name: &str, records: &[(u8, u8, u8, &[u8])]) {
+        let data = records
+            .iter()
+            .map(|(u, s, m, d)| {
+                RData::TLSA(TLSA::new(
+                    CertUsage::from(*u),
+                    Selector::from(*s),
+                    Matching::from(*m),
+                    d.to_vec(),
+                ))
+            })
+            .collect();
+        self.set_rrset(name, RecordType::TLSA, data);
+    }
+
+    /// Marks answers for `name` (any type) as DNSSEC-authenticated (AD bit
+    /// set), as a validating resolver would for a signed zone.
+    pub fn set_authentic(&self, name: &str, authentic: bool) {
+        let mut zone = lock(&self.zone);
+        if authentic {
+            zone.authentic.insert(key(name));
+        } else {
+            zone.authentic.remove(&key(name));
+        }
     }
 
     /// Sets the CNAME at `name` to `target`. Other record types at `name` are
@@ -401,6 +442,7 @@ fn respond(zone: &Mutex<Zone>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
             None => {
                 let (rcode, answers, negative) = lookup(&zone, qname, qtype);
                 response.metadata.response_code = rcode;
+                response.metadata.authentic_data = zone.authentic.contains(&k);
                 response.add_answers(answers);
                 if negative {
                     response.add_authority(negative_soa(zone.ttl));

@@ -4,6 +4,8 @@
 //! * [`dns`]: an authoritative DNS server on loopback (UDP and TCP, same port).
 //! * [`https`]: HTTPS "policy hosts" serving `/.well-known/mta-sts.txt` for many
 //!   virtual hosts on one loopback port, choosing the certificate by SNI.
+//! * [`smtp`]: SMTP servers (STARTTLS with good or broken certificates) on
+//!   127.0.0.x, for probes and relays.
 //!
 //! Not every test uses every fixture method, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -13,6 +15,7 @@ pub mod dns;
 pub mod https;
 pub mod proxy;
 pub mod redis;
+pub mod smtp;
 
 /// Installs rustls' `ring` crypto provider as the process default.
 ///

@@ -1,0 +1,16 @@
+//! The SMTP client side: bounded reply parsing ([`reply`]), a connection
+//! that speaks commands and replies with a timeout on every step
+//! ([`client`]), and the diagnostic probe of an MX host ([`probe`]: banner,
+//! EHLO, STARTTLS, TLS details) used by `mta-sts-check`.
+//!
+//! Limits: a reply line is at most [`reply::MAX_LINE`] bytes and a reply at
+//! most [`reply::MAX_LINES`] lines; anything longer is an error, never a
+//! growing buffer.
+
+pub mod client;
+pub mod probe;
+pub mod reply;
+
+pub use client::{Ehlo, SmtpConn, SmtpError};
+pub use probe::{probe, ProbeStage, SmtpProbeConfig, SmtpProbeReport};
+pub use reply::{Reply, ReplyError};
