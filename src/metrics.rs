@@ -50,8 +50,15 @@ pub struct ModeLabels {
     pub mode: String,
 }
 
+/// The socketmap answers, in the order of [`Metrics::lookup_handles`].
+const ANSWERS: [&str; 4] = ["secure", "notfound", "temp", "perm"];
+
 pub struct Metrics {
     registry: Registry,
+    /// Lookup counters by (map, answer), resolved once per map so the hot
+    /// path neither allocates label strings nor hashes them.
+    lookup_handles: std::sync::RwLock<std::collections::HashMap<String, [Counter; 4]>>,
+    hits: [Counter; 3],
     pub lookups: Family<LookupLabels, Counter>,
     pub lookup_seconds: Histogram,
     pub cache_hits: Family<TierLabels, Counter>,
@@ -117,11 +124,6 @@ impl Metrics {
         );
         // Known label values start at zero, so dashboards and alerts see
         // every series from the first scrape, not only after a first event.
-        for tier in ["memory", "disk", "redis"] {
-            let _ = cache_hits.get_or_create(&TierLabels {
-                tier: tier.to_string(),
-            });
-        }
         let _ = fetches.get_or_create(&FetchLabels {
             outcome: "ok".to_string(),
             reason: "none".to_string(),
@@ -131,8 +133,17 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        let hits = ["memory", "disk", "redis"].map(|tier| {
+            cache_hits
+                .get_or_create(&TierLabels {
+                    tier: tier.to_string(),
+                })
+                .clone()
+        });
         Metrics {
             registry,
+            lookup_handles: Default::default(),
+            hits,
             lookups,
             lookup_seconds,
             cache_hits,
@@ -156,20 +167,47 @@ impl Metrics {
 
     /// Creates the lookup series of a map at zero (called per configured map).
     pub fn init_map(&self, map: &str) {
-        for answer in ["secure", "notfound", "temp", "perm"] {
-            let _ = self.lookups.get_or_create(&LookupLabels {
-                map: map.to_string(),
-                answer: answer.to_string(),
-            });
+        let handles = ANSWERS.map(|answer| {
+            self.lookups
+                .get_or_create(&LookupLabels {
+                    map: map.to_string(),
+                    answer: answer.to_string(),
+                })
+                .clone()
+        });
+        if let Ok(mut h) = self.lookup_handles.write() {
+            h.insert(map.to_string(), handles);
+        }
+    }
+
+    /// Counts one lookup of a configured map (see [`init_map`](Self::init_map)).
+    pub fn lookup_counted(&self, map: &str, answer: &str, took: Duration) {
+        let slot = ANSWERS.iter().position(|a| *a == answer).unwrap_or(3);
+        let counted = self
+            .lookup_handles
+            .read()
+            .ok()
+            .and_then(|h| h.get(map).map(|c| c[slot].inc()))
+            .is_some();
+        if counted {
+            self.lookup_seconds.observe(took.as_secs_f64());
+        } else {
+            self.lookup(map, answer, took);
         }
     }
 
     pub fn cache_hit(&self, tier: &str) {
-        self.cache_hits
-            .get_or_create(&TierLabels {
-                tier: tier.to_string(),
-            })
-            .inc();
+        match tier {
+            "memory" => self.hits[0].inc(),
+            "disk" => self.hits[1].inc(),
+            "redis" => self.hits[2].inc(),
+            other => self
+                .cache_hits
+                .get_or_create(&TierLabels {
+                    tier: other.to_string(),
+                })
+                .inc(),
+        };
     }
 
     pub fn fetch(&self, error_class: Option<&str>) {

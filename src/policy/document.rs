@@ -160,6 +160,9 @@ pub fn parse_policy(body: &[u8]) -> Result<ParsedPolicy, PolicyError> {
     let mut mode: Option<(usize, Mode)> = None;
     let mut max_age: Option<(usize, u32)> = None;
     let mut mx: Vec<MxPattern> = Vec::new();
+    // Dedup through a set: a 64 KiB policy can carry thousands of mx lines,
+    // and a linear search per line would make parsing quadratic.
+    let mut seen_mx: std::collections::HashSet<MxPattern> = std::collections::HashSet::new();
     let mut notes = Vec::new();
 
     for (idx, raw) in text.split('\n').enumerate() {
@@ -226,7 +229,7 @@ pub fn parse_policy(body: &[u8]) -> Result<ParsedPolicy, PolicyError> {
                         },
                     )
                 })?;
-                if !mx.contains(&pattern) {
+                if seen_mx.insert(pattern.clone()) {
                     mx.push(pattern);
                 }
             }

@@ -52,7 +52,7 @@ impl Handler {
             Some("TEMP") => "temp",
             _ => "perm",
         };
-        crate::metrics::metrics().lookup(map_name, kind, started.elapsed());
+        crate::metrics::metrics().lookup_counted(map_name, kind, started.elapsed());
         tracing::debug!(peer, map = map_name, key = %key.escape_debug(), reply = %reply, "socketmap lookup");
         if let Err(e) = &answer {
             tracing::error!(peer, key = %key.escape_debug(), error = %e, "lookup failed; answered TEMP");
@@ -82,6 +82,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
+    // One timer per connection, pushed back after each read: cheaper than a
+    // new timer around every read and write on the lookup hot path.
+    let idle = tokio::time::sleep(handler.idle_timeout);
+    tokio::pin!(idle);
     loop {
         // Answer every complete request already buffered (pipelining).
         loop {
@@ -90,11 +94,13 @@ where
                     let reply = handler.answer(&buf[range], peer).await;
                     buf.advance(used);
                     let frame = encode(reply.as_bytes());
-                    match tokio::time::timeout(handler.idle_timeout, stream.write_all(&frame)).await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Closed::Io(e),
-                        Err(_) => return Closed::Idle,
+                    tokio::select! {
+                        written = stream.write_all(&frame) => {
+                            if let Err(e) = written {
+                                return Closed::Io(e);
+                            }
+                        }
+                        _ = &mut idle => return Closed::Idle,
                     }
                 }
                 Ok(None) => break,
@@ -112,19 +118,21 @@ where
             buf.reserve(4096.min(MAX_REQUEST + 16));
         }
         tokio::select! {
-            read = tokio::time::timeout(handler.idle_timeout, stream.read_buf(&mut buf)) => {
+            read = stream.read_buf(&mut buf) => {
                 match read {
-                    Err(_) => return Closed::Idle,
-                    Ok(Ok(0)) => {
+                    Ok(0) => {
                         if !buf.is_empty() {
                             tracing::warn!(peer, bytes = buf.len(), "socketmap client closed the connection in the middle of a request");
                         }
                         return Closed::Eof;
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Closed::Io(e),
+                    Ok(_) => idle
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + handler.idle_timeout),
+                    Err(e) => return Closed::Io(e),
                 }
             }
+            _ = &mut idle => return Closed::Idle,
             _ = shutdown.changed() => return Closed::Shutdown,
         }
     }

@@ -21,10 +21,20 @@ pub fn render(answer: &Result<Answer, StoreError>, map: &MapConfig) -> String {
         Ok(_) => return "NOTFOUND ".to_string(),
         Err(e) => return temp(&e.to_string()),
     };
-    let mut seen: Vec<String> = Vec::with_capacity(policy.policy.mx.len());
+    // The parser already drops duplicate patterns, but policies also come
+    // back from disk and Redis: dedup again. A linear scan is fastest for
+    // the usual handful of patterns; a set keeps a policy with thousands of
+    // mx lines linear on every lookup.
+    let n = policy.policy.mx.len();
+    let mut seen: Vec<String> = Vec::with_capacity(n);
+    let mut unique = (n > 16).then(|| std::collections::HashSet::with_capacity(n));
     for pattern in &policy.policy.mx {
         let form = pattern.postfix_form();
-        if !seen.contains(&form) {
+        let new = match unique.as_mut() {
+            Some(set) => set.insert(form.clone()),
+            None => !seen.contains(&form),
+        };
+        if new {
             seen.push(form);
         }
     }
@@ -137,6 +147,29 @@ mod tests {
             "OK secure match=a.test"
         );
         assert!(is_enforcing(Mode::Testing, true));
+    }
+
+    #[test]
+    fn large_policies_from_storage_are_deduplicated_in_order() {
+        // Stored policies bypass the parser; duplicates must still not reach
+        // Postfix, for small and large (set-based) pattern lists alike.
+        for n in [3usize, 40] {
+            let mut mx: Vec<_> = (0..n)
+                .map(|i| crate::policy::MxPattern::parse(&format!("mx{i}.example.test")).unwrap())
+                .collect();
+            mx.extend(mx.clone());
+            let Ok(Answer::Policy(p)) = answer("enforce", &["x.test"]) else {
+                unreachable!()
+            };
+            let mut p = (*p).clone();
+            p.policy.mx = mx;
+            let reply = render(&Ok(Answer::Policy(Arc::new(p))), &map(false, false));
+            let list = reply.strip_prefix("OK secure match=").unwrap();
+            let names: Vec<&str> = list.split(':').collect();
+            assert_eq!(names.len(), n, "{reply}");
+            assert_eq!(names[0], "mx0.example.test");
+            assert_eq!(names[n - 1], format!("mx{}.example.test", n - 1));
+        }
     }
 
     #[test]

@@ -24,13 +24,19 @@ impl Embedded {
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         create_private_dir(dir)?;
         let path = dir.join("policies.redb");
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
-                "{} is in use by another process (is the daemon running?)",
-                path.display()
-            )),
-            other => err("cannot open", &path, other),
-        })?;
+        // redb caches up to 1 GiB of pages by default; policies are read
+        // from disk only on a memory-tier miss, so a small cache keeps the
+        // resident size proportional to the memory tier, not to the file.
+        let db = Database::builder()
+            .set_cache_size(4 * 1024 * 1024)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                    "{} is in use by another process (is the daemon running?)",
+                    path.display()
+                )),
+                other => err("cannot open", &path, other),
+            })?;
         // Create the table up front so readers never see "no such table".
         let txn = db
             .begin_write()
