@@ -9,6 +9,7 @@ mod support;
 mod support_selftest;
 
 mod admin;
+mod bench;
 mod check;
 mod daemon;
 mod discovery;

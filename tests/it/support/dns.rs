@@ -115,6 +115,22 @@ impl DnsServer {
     /// new port if that one is taken for TCP), and starts serving.
     pub async fn start() -> DnsServer {
         let (udp, tcp) = bind_pair().await;
+        DnsServer::serve(udp, tcp)
+    }
+
+    /// Serves UDP and TCP on a given address (e.g. 127.0.0.1:53 inside a
+    /// network namespace).
+    pub async fn start_on(addr: SocketAddr) -> DnsServer {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind DNS UDP on {addr}: {e}"));
+        let tcp = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind DNS TCP on {addr}: {e}"));
+        DnsServer::serve(udp, tcp)
+    }
+
+    fn serve(udp: UdpSocket, tcp: TcpListener) -> DnsServer {
         let addr = udp
             .local_addr()
             .expect("local address of the DNS UDP socket");

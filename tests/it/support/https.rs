@@ -80,6 +80,12 @@ struct HostsState {
     certs: HashMap<(String, CertMode), Arc<CertifiedKey>>,
     requests: HashMap<String, usize>,
     last_heads: HashMap<String, String>,
+    /// Set by [`PolicyHosts::set_lazy`]: valid certificates for hosts served
+    /// that way are issued at their first handshake (for fixtures with
+    /// very many hosts, as in the benchmarks).
+    lazy_ca: Option<TestCa>,
+    /// Every request head, in all (benchmarks read it from outside).
+    total_requests: usize,
 }
 
 fn lock(state: &Mutex<HostsState>) -> MutexGuard<'_, HostsState> {
@@ -107,10 +113,18 @@ impl std::fmt::Debug for SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let host = host_key(client_hello.server_name()?);
-        let state = lock(&self.state);
+        let mut state = lock(&self.state);
         state.behaviors.get(&host)?;
         let mode = state.cert_modes.get(&host).copied().unwrap_or_default();
-        state.certs.get(&(host, mode)).cloned()
+        if let Some(c) = state.certs.get(&(host.clone(), mode)) {
+            return Some(c.clone());
+        }
+        let ca = state.lazy_ca.clone().filter(|_| mode == CertMode::Valid)?;
+        let leaf = ca.issue(&[&host]);
+        let key = rustls::crypto::ring::sign::any_supported_type(&leaf.key).ok()?;
+        let certified = Arc::new(CertifiedKey::new(leaf.chain, key));
+        state.certs.insert((host, mode), certified.clone());
+        Some(certified)
     }
 }
 
@@ -141,6 +155,12 @@ impl Drop for PolicyHosts {
 impl PolicyHosts {
     /// Starts the listener on 127.0.0.1:0. Certificates are issued by `ca`.
     pub async fn start(ca: &TestCa) -> PolicyHosts {
+        PolicyHosts::start_on(ca, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Like [`start`](Self::start) on a given address (e.g. 127.0.0.1:443
+    /// inside a network namespace).
+    pub async fn start_on(ca: &TestCa, addr: SocketAddr) -> PolicyHosts {
         let state = Arc::new(Mutex::new(HostsState::default()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -152,9 +172,9 @@ impl PolicyHosts {
             }));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind the policy-host listener on 127.0.0.1");
+            .unwrap_or_else(|e| panic!("bind the policy-host listener on {addr}: {e}"));
         let addr = listener
             .local_addr()
             .expect("local address of the policy-host listener");
@@ -202,6 +222,19 @@ impl PolicyHosts {
             .unwrap_or_default();
         self.ensure_cert(&host, mode);
         lock(&self.state).behaviors.insert(host, behavior);
+    }
+
+    /// Like [`set`](Self::set), but the (valid) certificate is issued at the
+    /// host's first TLS handshake rather than now.
+    pub fn set_lazy(&self, host: &str, behavior: Behavior) {
+        let mut state = lock(&self.state);
+        state.lazy_ca = Some(self.ca.clone());
+        state.behaviors.insert(host_key(host), behavior);
+    }
+
+    /// Request heads received for all hosts together.
+    pub fn total_requests(&self) -> usize {
+        lock(&self.state).total_requests
     }
 
     /// Chooses the certificate `host` presents (default [`CertMode::Valid`]).
@@ -269,6 +302,7 @@ async fn serve_conn(tcp: TcpStream, acceptor: TlsAcceptor, state: Arc<Mutex<Host
     let behavior = {
         let mut st = lock(&state);
         *st.requests.entry(host.clone()).or_default() += 1;
+        st.total_requests += 1;
         st.last_heads.insert(host.clone(), head);
         st.behaviors.get(&host).cloned()
     };
