@@ -187,30 +187,16 @@ impl Dns {
     /// §3.3 style, as RFC 8461 §3.1 requires). CNAMEs are followed by the
     /// resolver.
     pub async fn txt(&self, name: &str) -> Result<Answer<Vec<u8>>, DnsError> {
-        let fqdn = Self::fqdn(name)?;
-        match self.resolver.txt_lookup(fqdn).await {
-            Ok(lookup) => {
-                let records: Vec<Vec<u8>> = lookup
-                    .answers()
+        let answer = self.rdata(name, RecordType::TXT).await?;
+        Ok(Self::map(answer, |d| match d {
+            RData::TXT(txt) => Some(
+                txt.txt_data
                     .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::TXT(txt) => Some(
-                            txt.txt_data
-                                .iter()
-                                .flat_map(|s| s.iter().copied())
-                                .collect(),
-                        ),
-                        _ => None,
-                    })
-                    .collect();
-                if records.is_empty() {
-                    Ok(Answer::NoRecords { nxdomain: false })
-                } else {
-                    Ok(Answer::Records(records))
-                }
-            }
-            Err(e) => Self::classify(name, e),
-        }
+                    .flat_map(|s| s.iter().copied())
+                    .collect(),
+            ),
+            _ => None,
+        }))
     }
 
     /// Records of one type at `name`, CNAMEs followed by the resolver and

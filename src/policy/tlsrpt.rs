@@ -335,22 +335,14 @@ where
     R: IntoIterator<Item = S>,
     S: AsRef<[u8]>,
 {
-    let mut found: Vec<String> = Vec::new();
-    for raw in records {
-        let Ok(text) = std::str::from_utf8(raw.as_ref()) else {
-            continue;
-        };
-        if is_tlsrpt_record(text) {
-            found.push(text.to_string());
-        }
-    }
-    match found.len() {
-        0 => TlsRptDiscovery::NoRecord,
-        1 => match parse_tlsrpt_record(&found[0]) {
+    use super::txt::{one_record, OneRecord};
+    match one_record(records, is_tlsrpt_record) {
+        OneRecord::None => TlsRptDiscovery::NoRecord,
+        OneRecord::One(text) => match parse_tlsrpt_record(&text) {
             Ok(r) => TlsRptDiscovery::Found(r),
             Err(e) => TlsRptDiscovery::Invalid(e),
         },
-        n => TlsRptDiscovery::Multiple(n),
+        OneRecord::Many(n) => TlsRptDiscovery::Multiple(n),
     }
 }
 

@@ -141,6 +141,36 @@ fn valid_ext_value(value: &str) -> bool {
             .all(|c| (0x21..=0x7e).contains(&c) && c != b';' && c != b'=')
 }
 
+/// The rule RFC 8461 §3.1 and RFC 8460 §3 share: of the TXT records at a
+/// name, keep those that start with the version tag (`is_ours`), and there
+/// must be exactly one. Non-UTF-8 records cannot start with a tag and are
+/// ignored.
+pub(crate) enum OneRecord {
+    None,
+    One(String),
+    Many(usize),
+}
+
+pub(crate) fn one_record<R, S>(records: R, is_ours: impl Fn(&str) -> bool) -> OneRecord
+where
+    R: IntoIterator<Item = S>,
+    S: AsRef<[u8]>,
+{
+    let mut found: Vec<String> = Vec::new();
+    for raw in records {
+        if let Ok(text) = std::str::from_utf8(raw.as_ref()) {
+            if is_ours(text) {
+                found.push(text.to_string());
+            }
+        }
+    }
+    match found.len() {
+        0 => OneRecord::None,
+        1 => OneRecord::One(found.swap_remove(0)),
+        n => OneRecord::Many(n),
+    }
+}
+
 /// Applies §3.1 to all TXT records found at `_mta-sts.<domain>`. Each item is
 /// one record given as its character-strings, which are joined without
 /// separator.
@@ -149,23 +179,13 @@ where
     R: IntoIterator<Item = S>,
     S: AsRef<[u8]>,
 {
-    let mut sts: Vec<String> = Vec::new();
-    for raw in records {
-        // Non-UTF-8 records cannot start with "v=STSv1" and are ignored.
-        let Ok(text) = std::str::from_utf8(raw.as_ref()) else {
-            continue;
-        };
-        if is_sts_record(text) {
-            sts.push(text.to_string());
-        }
-    }
-    match sts.len() {
-        0 => Discovery::NoRecord,
-        1 => match parse_record(&sts[0]) {
+    match one_record(records, is_sts_record) {
+        OneRecord::None => Discovery::NoRecord,
+        OneRecord::One(text) => match parse_record(&text) {
             Ok(r) => Discovery::Found(r),
             Err(e) => Discovery::Invalid(e),
         },
-        n => Discovery::Multiple(n),
+        OneRecord::Many(n) => Discovery::Multiple(n),
     }
 }
 

@@ -83,23 +83,22 @@ impl Embedded {
     pub fn put(&self, policy: &StoredPolicy) -> Result<(), StoreError> {
         let raw =
             serde_json::to_vec(policy).map_err(|e| err("cannot encode for", &self.path, e))?;
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| err("cannot write", &self.path, e))?;
-        {
-            let mut table = txn
-                .open_table(POLICIES)
-                .map_err(|e| err("cannot write", &self.path, e))?;
+        self.write(|table| {
             table
                 .insert(policy.domain.as_str(), raw.as_slice())
-                .map_err(|e| err("cannot write", &self.path, e))?;
-        }
-        txn.commit()
-            .map_err(|e| err("cannot commit to", &self.path, e))
+                .map(|_| ())
+        })
     }
 
     pub fn remove(&self, domain: &str) -> Result<(), StoreError> {
+        self.write(|table| table.remove(domain).map(|_| ()))
+    }
+
+    /// One durable write transaction on the policies table.
+    fn write(
+        &self,
+        change: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StoreError> {
         let txn = self
             .db
             .begin_write()
@@ -108,9 +107,7 @@ impl Embedded {
             let mut table = txn
                 .open_table(POLICIES)
                 .map_err(|e| err("cannot write", &self.path, e))?;
-            table
-                .remove(domain)
-                .map_err(|e| err("cannot write", &self.path, e))?;
+            change(&mut table).map_err(|e| err("cannot write", &self.path, e))?;
         }
         txn.commit()
             .map_err(|e| err("cannot commit to", &self.path, e))
