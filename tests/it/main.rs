@@ -5,6 +5,7 @@
 //! `harness` points the agent's configuration at those fixtures.
 
 mod harness;
+mod hostile;
 mod support;
 mod support_selftest;
 
