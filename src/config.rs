@@ -165,6 +165,10 @@ pub struct CacheConfig {
     pub failure_backoff_min: Duration,
     #[serde(with = "humantime_serde")]
     pub failure_backoff_max: Duration,
+    /// For maps with `match_current_mx`: a domain's MX set is kept for its
+    /// DNS TTL, but at least this long and at most an hour.
+    #[serde(with = "humantime_serde")]
+    pub mx_min_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -179,6 +183,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(600),
             failure_backoff_min: Duration::from_secs(60),
             failure_backoff_max: Duration::from_secs(3600),
+            mx_min_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -225,6 +230,11 @@ pub struct MapConfig {
     pub testing_as_enforce: bool,
     /// Append `servername=hostname` (needs Postfix 3.4 or later).
     pub servername: bool,
+    /// Answer `match=` with the domain's current MX hosts that the policy
+    /// admits, instead of the policy's patterns. Postfix reads a pattern
+    /// `.example.net` as "any depth"; RFC 8461's `*.example.net` is exactly
+    /// one label, and this holds Postfix to it on every version.
+    pub match_current_mx: bool,
 }
 
 impl Default for MapConfig {
@@ -232,6 +242,7 @@ impl Default for MapConfig {
         MapConfig {
             testing_as_enforce: false,
             servername: true,
+            match_current_mx: false,
         }
     }
 }

@@ -202,6 +202,16 @@ impl Dns {
     /// Records of one type at `name`, CNAMEs followed by the resolver and
     /// left out of the answer.
     async fn rdata(&self, name: &str, rtype: RecordType) -> Result<Answer<RData>, DnsError> {
+        Ok(self.rdata_with_expiry(name, rtype).await?.0)
+    }
+
+    /// Like `rdata`, plus when the answer's TTL runs out (None for a
+    /// negative answer).
+    async fn rdata_with_expiry(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<(Answer<RData>, Option<std::time::Instant>), DnsError> {
         let fqdn = Self::fqdn(name)?;
         match self.resolver.lookup(fqdn, rtype).await {
             Ok(lookup) => {
@@ -212,12 +222,12 @@ impl Dns {
                     .map(|r| r.data.clone())
                     .collect();
                 if records.is_empty() {
-                    Ok(Answer::NoRecords { nxdomain: false })
+                    Ok((Answer::NoRecords { nxdomain: false }, None))
                 } else {
-                    Ok(Answer::Records(records))
+                    Ok((Answer::Records(records), Some(lookup.valid_until())))
                 }
             }
-            Err(e) => Self::classify(name, e),
+            Err(e) => Self::classify(name, e).map(|a| (a, None)),
         }
     }
 
@@ -237,7 +247,15 @@ impl Dns {
 
     /// MX records of `domain`, sorted by preference (stable for equal ones).
     pub async fn mx(&self, domain: &str) -> Result<Answer<MxRecord>, DnsError> {
-        let answer = self.rdata(domain, RecordType::MX).await?;
+        Ok(self.mx_with_expiry(domain).await?.0)
+    }
+
+    /// MX records sorted by preference, and when their TTL runs out.
+    pub async fn mx_with_expiry(
+        &self,
+        domain: &str,
+    ) -> Result<(Answer<MxRecord>, Option<std::time::Instant>), DnsError> {
+        let (answer, expiry) = self.rdata_with_expiry(domain, RecordType::MX).await?;
         let mut answer = Self::map(answer, |d| match d {
             RData::MX(mx) => Some(MxRecord {
                 preference: mx.preference,
@@ -252,7 +270,7 @@ impl Dns {
         if let Answer::Records(r) = &mut answer {
             r.sort_by_key(|m| m.preference);
         }
-        Ok(answer)
+        Ok((answer, expiry))
     }
 
     /// A records of `host`.

@@ -31,6 +31,16 @@ use crate::fetch::Fetcher;
 use crate::policy::{discover, normalize_domain, Discovery, Mode};
 use crate::store::{unix_now, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy};
 
+/// A domain's MX hosts as DNS answers them now (RFC 5321 §5.1: preference
+/// order, the domain itself when it has no MX records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxSet {
+    pub hosts: Vec<String>,
+    /// RFC 7505: the domain accepts no mail.
+    pub null_mx: bool,
+    fresh_until: Instant,
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -89,6 +99,8 @@ struct Inner {
     cfg: CacheConfig,
     state: moka::future::Cache<String, DomainState>,
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    mx_sets: moka::future::Cache<String, Arc<MxSet>>,
+    mx_refreshing: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -119,6 +131,7 @@ impl Drop for InflightGuard {
 
 impl Resolver {
     pub fn new(dns: Dns, fetcher: Fetcher, store: PolicyStore, cfg: CacheConfig) -> Resolver {
+        let mx_capacity = cfg.memory_entries;
         let ttl = cfg
             .recheck_interval
             .max(cfg.negative_ttl)
@@ -137,6 +150,11 @@ impl Resolver {
                 cfg,
                 state,
                 inflight: Mutex::new(HashMap::new()),
+                mx_sets: moka::future::Cache::builder()
+                    .max_capacity(mx_capacity)
+                    .time_to_live(Duration::from_secs(2 * 3600))
+                    .build(),
+                mx_refreshing: Mutex::new(Default::default()),
             }),
         }
     }
@@ -244,6 +262,44 @@ impl Resolver {
         Ok(())
     }
 
+    /// The current MX hosts of `domain` (normalised), for maps that answer
+    /// Postfix with them. Kept for the MX TTL (within `mx_min_ttl` and an
+    /// hour); a stale set is answered while a background lookup refreshes
+    /// it, and only the first lookup of a domain waits, up to
+    /// `first_lookup_deadline`. None when DNS cannot tell.
+    pub async fn current_mx(&self, domain: &str) -> Option<Arc<MxSet>> {
+        if let Some(set) = self.inner.mx_sets.get(domain).await {
+            if Instant::now() >= set.fresh_until {
+                let claimed = self
+                    .inner
+                    .mx_refreshing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(domain.to_string());
+                if claimed {
+                    let inner = self.inner.clone();
+                    let d = domain.to_string();
+                    tokio::spawn(async move {
+                        inner.fetch_mx(&d).await;
+                        inner
+                            .mx_refreshing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&d);
+                    });
+                }
+            }
+            return Some(set);
+        }
+        tokio::time::timeout(
+            self.inner.cfg.first_lookup_deadline,
+            self.inner.fetch_mx(domain),
+        )
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Runs the proactive refresh sweep forever (RFC 8461 §5.1: keep policies
     /// fresh rather than letting them expire). Spawn it once per daemon.
     pub async fn run_sweeper(self) {
@@ -339,6 +395,41 @@ impl Inner {
             .and_then(|st| st.negative)
             .unwrap_or(NoPolicy::Pending);
         Ok(Answer::NoPolicy(neg))
+    }
+
+    async fn fetch_mx(&self, domain: &str) -> Option<Arc<MxSet>> {
+        let now = Instant::now();
+        let floor = now + self.cfg.mx_min_ttl;
+        let ceiling = now + Duration::from_secs(3600);
+        let set = match self.dns.mx_with_expiry(domain).await {
+            Ok((crate::dns::Answer::Records(records), expiry)) => {
+                let null_mx = records.iter().any(|r| r.is_null());
+                let mut hosts: Vec<String> = Vec::new();
+                for r in records.iter().filter(|r| !r.is_null()) {
+                    if !hosts.contains(&r.exchange) {
+                        hosts.push(r.exchange.clone());
+                    }
+                }
+                MxSet {
+                    hosts,
+                    null_mx,
+                    fresh_until: expiry.unwrap_or(floor).clamp(floor, ceiling),
+                }
+            }
+            // RFC 5321 §5.1: no MX records, the domain itself is the host.
+            Ok((crate::dns::Answer::NoRecords { .. }, _)) => MxSet {
+                hosts: vec![domain.to_string()],
+                null_mx: false,
+                fresh_until: floor,
+            },
+            Err(e) => {
+                tracing::warn!(domain, error = %e, "MX lookup failed; answering with the policy's patterns");
+                return None;
+            }
+        };
+        let set = Arc::new(set);
+        self.mx_sets.insert(domain.to_string(), set.clone()).await;
+        Some(set)
     }
 
     /// Starts a background re-check for a domain with a valid cached policy if

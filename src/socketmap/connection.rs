@@ -13,8 +13,9 @@ use crate::config::MapConfig;
 use crate::resolver::Resolver;
 
 use super::netstring::{decode, encode};
-use super::reply::render;
+use super::reply::render_with_mx;
 use super::MAX_REQUEST;
+use crate::resolver::{is_enforcing, Answer};
 
 /// What every connection shares.
 pub struct Handler {
@@ -45,7 +46,18 @@ impl Handler {
         };
         let started = std::time::Instant::now();
         let answer = self.resolver.lookup(key).await;
-        let reply = render(&answer, map);
+        let current = match &answer {
+            Ok(Answer::Policy(p))
+                if map.match_current_mx && is_enforcing(p.policy.mode, map.testing_as_enforce) =>
+            {
+                self.resolver.current_mx(&p.domain).await
+            }
+            _ => None,
+        };
+        let reply = render_with_mx(&answer, map, current.as_deref());
+        if reply.starts_with("TEMP") && answer.is_ok() {
+            tracing::warn!(peer, key = %key.escape_debug(), reply = %reply, "lookup answered TEMP: Postfix defers this mail");
+        }
         let kind = match reply.split(' ').next() {
             Some("OK") => "secure",
             Some("NOTFOUND") => "notfound",

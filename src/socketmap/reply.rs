@@ -2,8 +2,8 @@
 //! only renders it in the `smtp_tls_policy_maps` syntax.
 
 use crate::config::MapConfig;
-use crate::resolver::{is_enforcing, Answer};
-use crate::store::StoreError;
+use crate::resolver::{is_enforcing, Answer, MxSet};
+use crate::store::{StoreError, StoredPolicy};
 
 use super::MAX_REPLY;
 
@@ -16,6 +16,25 @@ use super::MAX_REPLY;
 /// - the store failed → `TEMP`: Postfix defers, which is right because we
 ///   cannot tell whether an enforce policy exists.
 pub fn render(answer: &Result<Answer, StoreError>, map: &MapConfig) -> String {
+    render_with_mx(answer, map, None)
+}
+
+/// [`render`], for maps with `match_current_mx`: given the domain's current
+/// MX hosts, `match=` lists those the policy admits (RFC 8461 §4.1, one label
+/// per wildcard) rather than the patterns, which Postfix would read as "any
+/// depth". When no current MX host is admitted, or the domain has a null MX,
+/// the answer is `TEMP` with the reason: under enforce such a domain is
+/// undeliverable (§5), and we never fall back to a weaker match.
+pub fn render_with_mx(
+    answer: &Result<Answer, StoreError>,
+    map: &MapConfig,
+    current: Option<&MxSet>,
+) -> String {
+    if let (Ok(Answer::Policy(p)), Some(mx)) = (answer, current) {
+        if map.match_current_mx && is_enforcing(p.policy.mode, map.testing_as_enforce) {
+            return render_current(p, map, mx);
+        }
+    }
     let policy = match answer {
         Ok(Answer::Policy(p)) if is_enforcing(p.policy.mode, map.testing_as_enforce) => p,
         Ok(_) => return "NOTFOUND ".to_string(),
@@ -51,6 +70,41 @@ pub fn render(answer: &Result<Answer, StoreError>, map: &MapConfig) -> String {
         return temp(&format!(
             "policy of {} is too large for a socketmap reply",
             policy.domain
+        ));
+    }
+    out
+}
+
+fn render_current(p: &StoredPolicy, map: &MapConfig, mx: &MxSet) -> String {
+    if mx.null_mx {
+        return temp(&format!(
+            "{} publishes a null MX (RFC 7505): it accepts no mail",
+            p.domain
+        ));
+    }
+    let admitted: Vec<&str> = mx
+        .hosts
+        .iter()
+        .filter(|h| p.policy.allows_mx(h))
+        .map(String::as_str)
+        .collect();
+    if admitted.is_empty() {
+        let patterns: Vec<String> = p.policy.mx.iter().map(|m| m.to_string()).collect();
+        return temp(&format!(
+            "no current MX host of {} ({}) matches its MTA-STS policy ({}); deferred, never sent to an unlisted host",
+            p.domain,
+            mx.hosts.join(" "),
+            patterns.join(" ")
+        ));
+    }
+    let mut out = format!("OK secure match={}", admitted.join(":"));
+    if map.servername {
+        out.push_str(" servername=hostname");
+    }
+    if out.len() > MAX_REPLY {
+        return temp(&format!(
+            "MX list of {} is too large for a socketmap reply",
+            p.domain
         ));
     }
     out
@@ -101,6 +155,7 @@ mod tests {
         MapConfig {
             testing_as_enforce,
             servername,
+            match_current_mx: false,
         }
     }
 

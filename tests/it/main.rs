@@ -14,6 +14,7 @@ mod bench;
 mod check;
 mod daemon;
 mod discovery;
+mod exact_mx;
 mod fetch;
 mod fleet;
 mod packaging;

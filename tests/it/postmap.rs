@@ -78,6 +78,7 @@ impl Setup {
             MapConfig {
                 testing_as_enforce: false,
                 servername: false,
+                match_current_mx: false,
             },
         );
         let server = Server::start(&world, config).await;

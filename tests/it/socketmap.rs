@@ -235,6 +235,7 @@ async fn each_map_applies_its_own_settings() {
         MapConfig {
             testing_as_enforce: true,
             servername: false,
+            match_current_mx: false,
         },
     );
     let server = Server::start(&world, config).await;
