@@ -18,6 +18,7 @@ mod exact_mx;
 mod fetch;
 mod fleet;
 mod packaging;
+mod postfix_e2e;
 mod postmap;
 mod proxy;
 mod resolver;

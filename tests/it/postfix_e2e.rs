@@ -1,0 +1,351 @@
+//! A real Postfix (Debian's, 3.7) relaying to fixture MX hosts, asking our
+//! socketmap for its TLS policy. Everything runs in a private network
+//! namespace: Postfix resolves MX records through /etc/resolv.conf (which
+//! `ip netns exec` points at the fixture DNS on 127.0.0.1:53) and delivers on
+//! port 25 to fixture MX servers on their own 127.0.0.x addresses.
+//!
+//! The flaw being tested: Postfix reads `match=.deep.test` as "any depth",
+//! so under a `*.deep.test` policy it would deliver to `a.b.deep.test`.
+//! With `match_current_mx` it must refuse that MX and deliver to the
+//! one-label match instead.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mta_sts_agent::config::{Config, MapConfig};
+
+use crate::support::ca::TestCa;
+use crate::support::dns::DnsServer;
+use crate::support::https::{Behavior, PolicyHosts};
+use crate::support::smtp::{SmtpOptions, SmtpServer};
+
+/// Postfix and namespaces need root and Postfix's binaries; CI has both.
+fn available() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let postfix = Path::new("/usr/sbin/postfix").exists();
+    if root && postfix {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("this test needs root and Postfix (apt-get install postfix)");
+    }
+    println!("skipped: needs root and Postfix");
+    false
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes the namespace, its resolv.conf and the Postfix instance.
+struct Cleanup {
+    ns: String,
+    postfix_dir: Option<PathBuf>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.postfix_dir {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &self.ns, "postfix", "-c"])
+                .arg(dir)
+                .arg("stop")
+                .output();
+            // Nothing of this instance may survive the test: Postfix's
+            // processes carry MAIL_CONFIG=<dir> in their environment.
+            let needle = format!("MAIL_CONFIG={}", dir.display());
+            if let Ok(procs) = std::fs::read_dir("/proc") {
+                for p in procs.flatten() {
+                    let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                        continue;
+                    };
+                    let env = std::fs::read(p.path().join("environ")).unwrap_or_default();
+                    if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
+    }
+}
+
+enum Ask {
+    Submit(String),
+    Counts(mpsc::Sender<(usize, usize, usize)>),
+    Stop,
+}
+
+fn postfix_config(dir: &Path, ca: &Path, port: u16) {
+    let main_cf = format!(
+        "compatibility_level = 3.6
+myhostname = client.test
+mydomain = client.test
+myorigin = client.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+queue_directory = {dir}/queue
+data_directory = {dir}/data
+alias_maps =
+alias_database =
+smtputf8_enable = no
+maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+queue_run_delay = 1s
+smtp_connect_timeout = 5s
+smtp_tls_security_level = may
+smtp_tls_CAfile = {ca}
+smtp_tls_loglevel = 1
+smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{port}:exact
+",
+        dir = dir.display(),
+        ca = ca.display()
+    );
+    std::fs::write(dir.join("main.cf"), main_cf).unwrap();
+    let services = [
+        "127.0.0.1:25 inet n - n - - smtpd",
+        "pickup unix n - n 60 1 pickup",
+        "cleanup unix n - n - 0 cleanup",
+        "qmgr unix n - n 300 1 qmgr",
+        "tlsmgr unix - - n 1000? 1 tlsmgr",
+        "rewrite unix - - n - - trivial-rewrite",
+        "bounce unix - - n - 0 bounce",
+        "defer unix - - n - 0 bounce",
+        "trace unix - - n - 0 bounce",
+        "verify unix - - n - 1 verify",
+        "flush unix n - n 1000? 0 flush",
+        "proxymap unix - - n - - proxymap",
+        "proxywrite unix - - n - 1 proxymap",
+        "smtp unix - - n - - smtp",
+        "relay unix - - n - - smtp",
+        "showq unix n - n - - showq",
+        "error unix - - n - - error",
+        "retry unix - - n - - error",
+        "discard unix - - n - - discard",
+        "local unix - n n - - local",
+        "anvil unix - - n - 1 anvil",
+        "scache unix - - n - 1 scache",
+        "postlog unix-dgram n - n - 1 postlogd",
+    ];
+    std::fs::write(dir.join("master.cf"), services.join("\n") + "\n").unwrap();
+    // Postfix creates the queue's subdirectories itself, not the queue.
+    std::fs::create_dir_all(dir.join("queue")).unwrap();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    run(Command::new("chown").arg("postfix").arg(dir.join("data")));
+}
+
+#[test]
+fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
+    if !available() {
+        return;
+    }
+    let ns = format!("mtsts{}", std::process::id());
+    let mut cleanup = Cleanup {
+        ns: ns.clone(),
+        postfix_dir: None,
+    };
+    run(Command::new("ip").args(["netns", "add", &ns]));
+    run(Command::new("ip").args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]));
+    std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
+    std::fs::write(
+        format!("/etc/netns/{ns}/resolv.conf"),
+        "nameserver 127.0.0.1\n",
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_path_buf();
+    let ca_path = base.join("ca.pem");
+    let agent_port = 8461;
+
+    // Fixtures and the agent live on a thread that has entered the
+    // namespace; the test talks to it over channels.
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
+    let ns_path = format!("/var/run/netns/{ns}");
+    let (state_dir, ca_out) = (base.join("agent-state"), ca_path.clone());
+    let fixtures = std::thread::spawn(move || {
+        let netns = std::fs::File::open(&ns_path).expect("open the namespace");
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("enter the namespace");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            crate::support::install_crypto();
+            let ca = TestCa::new();
+            std::fs::write(&ca_out, ca.cert_pem()).unwrap();
+            let dns = DnsServer::start_on("127.0.0.1:53".parse().unwrap()).await;
+            let hosts = PolicyHosts::start_on(&ca, "127.0.0.1:443".parse().unwrap()).await;
+            dns.set_txt("_mta-sts.deep.test", &[&["v=STSv1; id=1"]]);
+            dns.set_a("mta-sts.deep.test", &[Ipv4Addr::LOCALHOST]);
+            hosts.set(
+                "mta-sts.deep.test",
+                Behavior::Policy(crate::harness::policy("enforce", &["*.deep.test"], 86400)),
+            );
+            // The two-labels-deep MX is the preferred one.
+            dns.set_mx("deep.test", &[(5, "a.b.deep.test"), (10, "mx1.deep.test")]);
+            dns.set_a("a.b.deep.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+            dns.set_a("mx1.deep.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+            let deep = SmtpServer::start_on(
+                &ca,
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+                25,
+                SmtpOptions::new("a.b.deep.test"),
+            )
+            .await
+            .unwrap();
+            let good = SmtpServer::start_on(
+                &ca,
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+                25,
+                SmtpOptions::new("mx1.deep.test"),
+            )
+            .await
+            .unwrap();
+
+            let mut config = Config {
+                state_dir: Some(state_dir),
+                ..Config::default()
+            };
+            config.dns.nameservers = vec!["127.0.0.1:53".into()];
+            config.fetch.ca_file = Some(ca_out.clone());
+            config.fetch.ca_file_only = true;
+            config.cache.mx_min_ttl = Duration::ZERO;
+            config.socketmap.listen = vec![format!("127.0.0.1:{agent_port}")];
+            config.socketmap.maps.insert(
+                "exact".into(),
+                MapConfig {
+                    testing_as_enforce: false,
+                    servername: true,
+                    match_current_mx: true,
+                },
+            );
+            let store = mta_sts_agent::daemon::open_store(&config, false).unwrap();
+            let resolver = mta_sts_agent::resolver::Resolver::from_config(&config, store).unwrap();
+            let listeners = mta_sts_agent::socketmap::bind(&config).await.unwrap();
+            let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let cfg = config.clone();
+            tokio::spawn(async move {
+                mta_sts_agent::socketmap::serve(listeners, resolver, &cfg, stop_rx).await
+            });
+            ready_tx.send(()).unwrap();
+
+            loop {
+                let ask = ask_rx.try_recv();
+                match ask {
+                    Ok(Ask::Submit(rcpt)) => submit(&rcpt).await,
+                    Ok(Ask::Counts(reply)) => {
+                        let _ = reply.send((
+                            deep.connections(),
+                            deep.messages().len(),
+                            good.messages().len(),
+                        ));
+                    }
+                    Ok(Ask::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("fixtures ready");
+
+    let pf = base.join("postfix");
+    std::fs::create_dir_all(&pf).unwrap();
+    postfix_config(&pf, &ca_path, agent_port);
+    cleanup.postfix_dir = Some(pf.clone());
+    run(Command::new("ip")
+        .args(["netns", "exec", &ns, "postfix", "-c"])
+        .arg(&pf)
+        .arg("start"));
+
+    ask_tx.send(Ask::Submit("user@deep.test".into())).unwrap();
+    let started = Instant::now();
+    let (deep_conns, deep_msgs, good_msgs) = loop {
+        let (tx, rx) = mpsc::channel();
+        ask_tx.send(Ask::Counts(tx)).unwrap();
+        let counts = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        if counts.1 > 0 || counts.2 > 0 || started.elapsed() > Duration::from_secs(60) {
+            break counts;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = std::fs::read_to_string(pf.join("maillog")).unwrap_or_default();
+    ask_tx.send(Ask::Stop).unwrap();
+    let _ = fixtures.join();
+    drop(cleanup);
+
+    assert_eq!(
+        good_msgs, 1,
+        "the one-label MX did not get the message; Postfix log:\n{log}"
+    );
+    assert_eq!(
+        deep_msgs, 0,
+        "the two-labels-deep MX got the message; Postfix log:\n{log}"
+    );
+    assert!(
+        deep_conns >= 1,
+        "Postfix never tried the preferred (deep) MX; log:\n{log}"
+    );
+}
+
+/// Hands one message to Postfix's smtpd inside the namespace.
+async fn submit(rcpt: &str) {
+    use tokio::io::AsyncBufReadExt as _;
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect("127.0.0.1:25")
+        .await
+        .expect("connect to Postfix");
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    expect(&mut lines, "220").await;
+    for (cmd, code) in [
+        ("EHLO submitter.test".to_string(), "250"),
+        ("MAIL FROM:<sender@client.test>".to_string(), "250"),
+        (format!("RCPT TO:<{rcpt}>"), "250"),
+        ("DATA".to_string(), "354"),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).await.unwrap();
+        expect(&mut lines, code).await;
+    }
+    w.write_all(b"Subject: depth\r\nMessage-ID: <e2e@client.test>\r\n\r\nhello\r\n.\r\n")
+        .await
+        .unwrap();
+    expect(&mut lines, "250").await;
+    w.write_all(b"QUIT\r\n").await.unwrap();
+}
+
+async fn expect(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    code: &str,
+) {
+    loop {
+        let l = lines.next_line().await.unwrap().expect("Postfix reply");
+        assert!(l.starts_with(code), "expected {code}, got {l}");
+        if l.as_bytes().get(3) == Some(&b' ') {
+            return;
+        }
+    }
+}
