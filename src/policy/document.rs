@@ -135,14 +135,9 @@ fn err(line: usize, kind: PolicyErrorKind) -> PolicyError {
     }
 }
 
-/// `sts-policy-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`
+/// `sts-policy-ext-name`: the same grammar as the TXT record's extension names.
 fn valid_key(key: &str) -> bool {
-    let b = key.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+    super::txt::valid_ext_name(key)
 }
 
 /// Parses and validates a policy body. Lines end in LF or CRLF.

@@ -23,6 +23,7 @@
 use std::fmt;
 
 use super::domain::normalize_domain;
+use super::txt::{valid_ext_name, valid_ext_value};
 
 /// One reporting URI of `rua=`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,24 +147,6 @@ pub fn is_tlsrpt_record(txt: &str) -> bool {
         Some(rest) => rest.is_empty() || rest.starts_with([';', ' ', '\t']),
         None => false,
     }
-}
-
-/// `tlsrpt-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`
-fn valid_ext_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-}
-
-/// `tlsrpt-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)`
-fn valid_ext_value(value: &str) -> bool {
-    !value.is_empty()
-        && value
-            .bytes()
-            .all(|c| (0x21..=0x7e).contains(&c) && c != b';' && c != b'=')
 }
 
 /// Decodes `%XX` escapes; `None` on a malformed escape or non-UTF-8 result.

@@ -123,8 +123,10 @@ pub fn parse_record(txt: &str) -> Result<StsRecord, TxtError> {
     }
 }
 
-/// `sts-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`
-fn valid_ext_name(name: &str) -> bool {
+/// `sts-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`,
+/// the same grammar as the policy file's keys (RFC 8461 §3.2) and TLS-RPT's
+/// extension names (RFC 8460 §3).
+pub(crate) fn valid_ext_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 32
@@ -133,8 +135,9 @@ fn valid_ext_name(name: &str) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
 }
 
-/// `sts-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)`: visible ASCII but `;` and `=`.
-fn valid_ext_value(value: &str) -> bool {
+/// `sts-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)`: visible ASCII but `;` and
+/// `=` (TLS-RPT's extension values are the same).
+pub(crate) fn valid_ext_value(value: &str) -> bool {
     !value.is_empty()
         && value
             .bytes()
