@@ -190,6 +190,15 @@ fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
         if s.is::<T>() {
             return true;
         }
+        // io::Error::source() skips the error it wraps (hyper hands rustls
+        // failures up that way); look at the wrapped error directly.
+        let wrapped = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if wrapped.is_some_and(has_source::<T>) {
+            return true;
+        }
         cur = s.source();
     }
     false
@@ -347,13 +356,7 @@ impl Fetcher {
         let text = chain(e);
         if e.is_timeout() {
             FetchError::Timeout(self.timeout, format!("mta-sts.{domain}"))
-        } else if has_source::<rustls::Error>(e)
-            || ["certificate", "tls", "alert", "handshake"]
-                .iter()
-                .any(|w| text.to_ascii_lowercase().contains(w))
-        {
-            // io::Error::source() skips the rustls error it wraps, so the
-            // message text is the reliable sign of a TLS failure.
+        } else if has_source::<rustls::Error>(e) || text.contains("certificate") {
             FetchError::Tls(text)
         } else if has_source::<crate::dns::DnsError>(e) || text.contains("no A or AAAA records") {
             FetchError::Dns(text)

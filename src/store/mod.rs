@@ -132,10 +132,6 @@ impl PolicyStore {
         self
     }
 
-    pub fn is_persistent(&self) -> bool {
-        self.disk.is_some()
-    }
-
     pub fn describe(&self) -> String {
         format!("{self:?}")
     }

@@ -271,3 +271,17 @@ async fn policy_host_without_address_is_a_dns_error() {
         .unwrap_err();
     assert!(matches!(err, FetchError::Dns(_)), "{err}");
 }
+
+#[tokio::test]
+async fn refused_tls_handshake_is_a_tls_failure() {
+    // The host resolves and accepts TCP, but has no certificate for the name
+    // and aborts the handshake with an alert.
+    let w = world_with(Behavior::Policy(policy("none", &[], 60))).await;
+    w.hosts.remove(HOST);
+    let err = fetcher(&w, Duration::from_secs(2))
+        .fetch(DOMAIN)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Tls(_)), "{err}");
+    assert_eq!(err.class(), "tls");
+}
