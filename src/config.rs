@@ -31,6 +31,7 @@ pub struct Config {
     pub socketmap: SocketmapConfig,
     pub metrics: MetricsConfig,
     pub redis: RedisConfig,
+    pub relay: RelayConfig,
     /// Per-domain overrides: `[overrides."example.com"]`. Applied by every
     /// face, before any cache or network work.
     pub overrides: BTreeMap<String, OverrideConfig>,
@@ -42,6 +43,152 @@ pub struct MetricsConfig {
     /// `IP:port` for `GET /metrics` (Prometheus) and `GET /healthz`. Off
     /// when unset.
     pub listen: Option<SocketAddr>,
+}
+
+/// The smart-host relay: an SMTP listener for trusted local clients, a
+/// durable queue, and delivery to each recipient domain's MX hosts under
+/// its MTA-STS policy. Off until `listen` names an address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `IP:port` addresses to accept mail on, e.g. `["127.0.0.1:10025"]`.
+    /// Empty: the relay is off.
+    pub listen: Vec<SocketAddr>,
+    /// Our name in the greeting, EHLO, Received: headers and bounces.
+    /// Default: the system host name.
+    pub hostname: Option<String>,
+    /// Client networks allowed to relay (CIDR). Anyone else is refused at
+    /// the greeting: never an open relay.
+    pub allowed_networks: Vec<String>,
+    pub max_connections: usize,
+    /// Largest message accepted (SIZE, RFC 1870), in bytes.
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Commands per session before the server hangs up.
+    pub max_commands: usize,
+    /// How long the server waits for a client command or data (RFC 5321
+    /// §4.5.3.2.7: at least 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// PEM certificate chain and key for STARTTLS towards clients. Both or
+    /// neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Waits between delivery attempts of one domain; the last repeats.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// How long a message may stay queued before its sender gets a bounce.
+    #[serde(with = "humantime_serde")]
+    pub queue_lifetime: Duration,
+    /// Deliveries running at once.
+    pub max_deliveries: usize,
+    /// Port of the remote MX hosts; only tests change it.
+    pub delivery_port: u16,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for each remote reply (RFC 5321 §4.5.3.2: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub reply_timeout: Duration,
+    /// Longest wait for the reply to the end of data (§4.5.3.2.6: 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// MX hosts tried per delivery, in preference order.
+    pub max_mx_hosts: usize,
+    /// Addresses tried per MX host.
+    pub max_addresses_per_host: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        RelayConfig {
+            listen: Vec::new(),
+            hostname: None,
+            allowed_networks: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
+            max_connections: 100,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_commands: 10_000,
+            command_timeout: m(5),
+            tls_cert_file: None,
+            tls_key_file: None,
+            retry_schedule: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
+            queue_lifetime: Duration::from_secs(5 * 86_400),
+            max_deliveries: 20,
+            delivery_port: 25,
+            connect_timeout: Duration::from_secs(30),
+            reply_timeout: m(5),
+            data_timeout: m(10),
+            max_mx_hosts: 5,
+            max_addresses_per_host: 2,
+        }
+    }
+}
+
+/// A list of durations written as humantime strings: `["1m", "5m"]`.
+mod duration_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| humantime::parse_duration(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = ip.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (
+                u128::from(u32::from(n)) << 96,
+                u128::from(u32::from(i)) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), self.prefix),
+            _ => return false,
+        };
+        if bits == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - u32::from(bits));
+        a & mask == b & mask
+    }
 }
 
 /// The shared store for a fleet of agents.
@@ -354,6 +501,8 @@ impl Config {
                 "must be longer than fetch.timeout, or two agents may fetch at once",
             ));
         }
+        self.relay_networks()?;
+        self.relay_checks()?;
         if self.cache.memory_entries == 0 {
             return Err(invalid("cache.memory_entries", "0", "must be at least 1"));
         }
@@ -361,6 +510,69 @@ impl Config {
     }
 
     /// The overrides as policies, keyed by normalised domain.
+    pub fn relay_networks(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.relay
+            .allowed_networks
+            .iter()
+            .map(|s| {
+                IpNet::parse(s).ok_or_else(|| {
+                    invalid(
+                        "relay.allowed_networks",
+                        s.as_str(),
+                        "expected an address or CIDR network, e.g. \"127.0.0.0/8\" or \"::1/128\"",
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn relay_checks(&self) -> Result<(), ConfigError> {
+        let r = &self.relay;
+        for (key, value) in [
+            ("relay.max_connections", r.max_connections),
+            ("relay.max_recipients", r.max_recipients),
+            ("relay.max_commands", r.max_commands),
+            ("relay.max_deliveries", r.max_deliveries),
+            ("relay.max_mx_hosts", r.max_mx_hosts),
+            ("relay.max_addresses_per_host", r.max_addresses_per_host),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "0", "must be at least 1"));
+            }
+        }
+        if r.max_message_size < 1024 {
+            return Err(invalid(
+                "relay.max_message_size",
+                r.max_message_size.to_string(),
+                "must be at least 1024 bytes",
+            ));
+        }
+        if r.retry_schedule.is_empty() || r.retry_schedule.iter().any(|d| d.is_zero()) {
+            return Err(invalid(
+                "relay.retry_schedule",
+                format!("{:?}", r.retry_schedule),
+                "give at least one wait, none of them zero, e.g. [\"1m\", \"5m\", \"30m\"]",
+            ));
+        }
+        if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+            return Err(invalid(
+                "relay.tls_cert_file",
+                format!("{:?}", r.tls_cert_file),
+                "set both relay.tls_cert_file and relay.tls_key_file, or neither",
+            ));
+        }
+        if let Some(h) = &r.hostname {
+            normalize_domain(h).map_err(|e| {
+                invalid(
+                    "relay.hostname",
+                    h.as_str(),
+                    format!("not a host name: {e}"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     pub fn override_policies(&self) -> Result<BTreeMap<String, (Policy, String)>, ConfigError> {
         let mut out = BTreeMap::new();
         for (domain, o) in &self.overrides {

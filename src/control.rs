@@ -16,6 +16,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::relay::spool::Spool;
+use crate::relay::{Queue, QueueView};
 use crate::resolver::{Answer, Resolver};
 use crate::store::{PolicySource, StoredPolicy};
 
@@ -25,10 +27,26 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
-    Show { domain: String },
-    Refresh { domain: String },
-    Purge { domain: String },
+    Show {
+        domain: String,
+    },
+    Refresh {
+        domain: String,
+    },
+    Purge {
+        domain: String,
+    },
     List,
+    /// The relay queue (`mta-sts-agent queue list`).
+    QueueList,
+    /// Retry now: one message, or all when `id` is None.
+    QueueFlush {
+        id: Option<String>,
+    },
+    /// Remove a message (or `ALL`) without a bounce.
+    QueueDelete {
+        id: String,
+    },
 }
 
 /// A policy as the admin commands show it.
@@ -73,6 +91,8 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default)]
     pub policies: Vec<PolicyView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<QueueView>,
 }
 
 fn failure(e: impl ToString) -> Response {
@@ -83,9 +103,122 @@ fn failure(e: impl ToString) -> Response {
     }
 }
 
-/// Runs one admin request against a resolver (the daemon's, or the CLI's own).
-pub async fn handle(resolver: &Resolver, req: Request) -> Response {
+fn ok(message: String) -> Response {
+    Response {
+        ok: true,
+        message: Some(message),
+        ..Response::default()
+    }
+}
+
+/// Where queue commands act: the daemon's live queue, or the spool on disk
+/// when no daemon runs.
+#[derive(Clone)]
+pub enum QueueAccess {
+    Live(Queue),
+    Offline(Spool),
+    /// The daemon runs without the relay.
+    Disabled,
+}
+
+async fn handle_queue(access: &QueueAccess, req: Request) -> Response {
+    let ids_of = |views: &[QueueView], id: &str| -> Vec<String> {
+        views
+            .iter()
+            .filter(|v| id == "ALL" || v.id == id)
+            .map(|v| v.id.clone())
+            .collect()
+    };
+    match (access, req) {
+        (QueueAccess::Disabled, _) => {
+            failure("the relay is not enabled in this daemon (set relay.listen in the config)")
+        }
+        (QueueAccess::Live(q), Request::QueueList) => Response {
+            ok: true,
+            queue: q.list(),
+            ..Response::default()
+        },
+        (QueueAccess::Live(q), Request::QueueFlush { id }) => {
+            let n = q.flush(id.as_deref());
+            tracing::info!(messages = n, "queue flushed by the administrator");
+            ok(format!("{n} message(s) scheduled for delivery now"))
+        }
+        (QueueAccess::Live(q), Request::QueueDelete { id }) => {
+            let mut n = 0;
+            for id in ids_of(&q.list(), &id) {
+                match q.delete(&id).await {
+                    Ok(true) => n += 1,
+                    Ok(false) => {}
+                    Err(e) => return failure(e),
+                }
+            }
+            if n == 0 && id != "ALL" {
+                return failure(format!("no queued message {id}"));
+            }
+            ok(format!("{n} message(s) deleted"))
+        }
+        (QueueAccess::Offline(spool), req) => {
+            let spool = spool.clone();
+            tokio::task::spawn_blocking(move || offline_queue(&spool, req))
+                .await
+                .unwrap_or_else(failure)
+        }
+        (QueueAccess::Live(_), _) => failure("not a queue command"),
+    }
+}
+
+/// Queue commands on the spool itself (no daemon running).
+fn offline_queue(spool: &Spool, req: Request) -> Response {
+    let all = spool.load_all();
+    let views: Vec<QueueView> = all.iter().map(QueueView::of).collect();
     match req {
+        Request::QueueList => Response {
+            ok: true,
+            queue: views,
+            ..Response::default()
+        },
+        Request::QueueFlush { id } => {
+            let mut n = 0;
+            for mut m in all {
+                if id.as_deref().is_some_and(|id| id != m.envelope.id) {
+                    continue;
+                }
+                for d in m.state.domains.values_mut() {
+                    d.next_attempt = 0;
+                }
+                if let Err(e) = spool.save_state(&m.envelope.id, &m.state) {
+                    return failure(format!("cannot update {}: {e}", m.envelope.id));
+                }
+                n += 1;
+            }
+            ok(format!(
+                "{n} message(s) will be tried as soon as the daemon starts"
+            ))
+        }
+        Request::QueueDelete { id } => {
+            let mut n = 0;
+            for v in views.iter().filter(|v| id == "ALL" || v.id == id) {
+                if let Err(e) = spool.remove(&v.id) {
+                    return failure(format!("cannot remove {}: {e}", v.id));
+                }
+                n += 1;
+            }
+            if n == 0 && id != "ALL" {
+                return failure(format!("no queued message {id}"));
+            }
+            ok(format!("{n} message(s) deleted"))
+        }
+        _ => failure("not a queue command"),
+    }
+}
+
+/// Runs one admin request against a resolver (the daemon's, or the CLI's
+/// own) and the relay queue.
+pub async fn handle(resolver: &Resolver, queue: &QueueAccess, req: Request) -> Response {
+    match req {
+        Request::QueueList | Request::QueueFlush { .. } | Request::QueueDelete { .. } => {
+            handle_queue(queue, req).await
+        }
         Request::Show { domain } => {
             let mut policies = Vec::new();
             if let Some(o) = resolver.override_for(&domain) {
@@ -184,6 +317,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 pub async fn serve(
     listener: UnixListener,
     resolver: Resolver,
+    queue: QueueAccess,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -199,21 +333,24 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let resolver = resolver.clone();
+        let queue = queue.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(TIMEOUT, serve_one(stream, &resolver)).await {
+            if let Err(e) =
+                tokio::time::timeout(TIMEOUT, serve_one(stream, &resolver, &queue)).await
+            {
                 tracing::warn!(error = %e, "control request timed out");
             }
         });
     }
 }
 
-async fn serve_one(stream: UnixStream, resolver: &Resolver) {
+async fn serve_one(stream: UnixStream, resolver: &Resolver, queue: &QueueAccess) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_LINE));
     let response = match reader.read_line(&mut line).await {
         Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
-            Ok(req) => handle(resolver, req).await,
+            Ok(req) => handle(resolver, queue, req).await,
             Err(e) => failure(format!("bad control request: {e}")),
         },
         Err(e) => failure(format!("cannot read control request: {e}")),

@@ -73,6 +73,7 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
     // directory may need root), then drop privileges, then open the store
     // so that its files belong to the unprivileged user.
     let listeners = crate::socketmap::bind(&config).await?;
+    let relay_listeners = crate::relay::server::bind(&config.relay).await?;
     let control_path = crate::control::socket_path(&config);
     let control = crate::control::bind(&control_path)?;
     let metrics_listener = match config.metrics.listen {
@@ -102,10 +103,19 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
         let _ = stop_tx.send(true);
     });
     let sweeper = tokio::spawn(resolver.clone().run_sweeper());
+    let (relay, queue_access) = if relay_listeners.is_empty() {
+        (None, crate::control::QueueAccess::Disabled)
+    } else {
+        let relay = crate::relay::Relay::open(&config, resolver.clone()).await?;
+        let access = crate::control::QueueAccess::Live(relay.queue.clone());
+        (Some(relay), access)
+    };
+    let relay_task = relay.map(|r| tokio::spawn(r.serve(relay_listeners, stop_rx.clone())));
     tracing::info!(path = %control_path.display(), "control socket listening (mta-sts-agent policy …)");
     let admin = tokio::spawn(crate::control::serve(
         control,
         resolver.clone(),
+        queue_access,
         stop_rx.clone(),
     ));
     if let Some(l) = metrics_listener {
@@ -115,6 +125,9 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
         tokio::spawn(crate::metrics::serve(l, resolver.clone(), stop_rx.clone()));
     }
     crate::socketmap::serve(listeners, resolver, &config, stop_rx).await;
+    if let Some(t) = relay_task {
+        let _ = t.await;
+    }
     sweeper.abort();
     let _ = admin.await;
     let _ = std::fs::remove_file(&control_path);

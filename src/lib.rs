@@ -4,7 +4,7 @@
 //! Data flows one way: [`policy`] (pure RFC rules) → [`dns`], [`fetch`]
 //! (bounded I/O) → [`store`] (memory over a persistent store) → [`resolver`]
 //! (the only home of the caching rules) → the faces: [`socketmap`] (Postfix),
-//! [`check`] (the `mta-sts-check` diagnosis, probing with [`smtp`] and
+//! [`relay`] (the smart host), [`check`] (the `mta-sts-check` diagnosis, probing with [`smtp`] and
 //! [`tlsprobe`]).
 
 pub mod bench;
@@ -16,6 +16,7 @@ pub mod dns;
 pub mod fetch;
 pub mod metrics;
 pub mod policy;
+pub mod relay;
 pub mod resolver;
 pub mod smtp;
 pub mod socketmap;

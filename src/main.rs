@@ -60,6 +60,25 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The relay queue: list, flush (retry now) or delete messages, like
+    /// postqueue -p / postqueue -f / postsuper -d.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        /// Print the JSON response instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Every queued message with its recipients' state.
+    List,
+    /// Try every queued message (or only ID) now.
+    Flush { id: Option<String> },
+    /// Remove message ID (or ALL) from the queue, without a bounce.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +173,14 @@ fn main() -> ExitCode {
             };
             runtime.block_on(policy_command(config, req, json))
         }
+        Command::Queue { action, json } => {
+            let req = match action {
+                QueueAction::List => Request::QueueList,
+                QueueAction::Flush { id } => Request::QueueFlush { id },
+                QueueAction::Delete { id } => Request::QueueDelete { id },
+            };
+            runtime.block_on(policy_command(config, req, json))
+        }
         Command::Check { .. } => Ok(()), // handled above, before the config is loaded
         Command::Bench { what } => runtime.block_on(bench(what)),
         Command::Config => toml::to_string_pretty(&config)
@@ -227,7 +254,15 @@ async fn policy_command(
             );
             let store = daemon::open_store(&config, false)?;
             let resolver = Resolver::from_config(&config, store)?;
-            control::handle(&resolver, req).await
+            let dir = mta_sts_agent::relay::spool_dir(&config);
+            let queue = if dir.exists() {
+                let spool = mta_sts_agent::relay::spool::Spool::open(&dir)
+                    .map_err(|e| format!("cannot open the queue {}: {e}", dir.display()))?;
+                control::QueueAccess::Offline(spool)
+            } else {
+                control::QueueAccess::Disabled
+            };
+            control::handle(&resolver, &queue, req).await
         }
         Err(e) => {
             return Err(format!(
@@ -248,6 +283,29 @@ fn print_response(r: &Response, json: bool) -> Result<(), String> {
             println!("{m}");
         }
         let now = mta_sts_agent::store::unix_now();
+        for m in &r.queue {
+            let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+            println!(
+                "{}  {} bytes  arrived {}s ago  from {}",
+                m.id,
+                m.size,
+                now.saturating_sub(m.arrival),
+                sender
+            );
+            for rc in &m.recipients {
+                let next = rc
+                    .next_attempt
+                    .map(|t| format!("  next try in {}s", t.saturating_sub(now)))
+                    .unwrap_or_default();
+                println!("    {}  {}{next}", rc.address, rc.status);
+                if let Some(reason) = &rc.reason {
+                    println!("        {reason}");
+                }
+            }
+        }
+        if r.queue.is_empty() && r.ok && r.message.is_none() && r.policies.is_empty() {
+            println!("(empty)");
+        }
         for p in &r.policies {
             println!(
                 "{}  mode={} id={} mx={} expires_in={}s source={}",

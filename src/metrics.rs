@@ -46,6 +46,21 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// enforce, testing, none or no-policy.
+    pub mode: String,
+    /// delivered, deferred, bounced or rejected.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyFailureLabels {
+    pub mode: String,
+    /// RFC 8460 §4.3 result type, or mx-mismatch.
+    pub result_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub mode: String,
 }
@@ -67,6 +82,11 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub overrides_applied: Counter,
     pub policies: Family<ModeLabels, Gauge>,
+    pub relay_received: Counter,
+    pub relay_sessions_refused: Counter,
+    pub relay_attempts: Family<AttemptLabels, Counter>,
+    pub relay_policy_failures: Family<PolicyFailureLabels, Counter>,
+    pub relay_queue: Gauge,
 }
 
 impl Metrics {
@@ -122,6 +142,36 @@ impl Metrics {
             "Cached policies by mode (at scrape time)",
             policies.clone(),
         );
+        let relay_received = Counter::default();
+        registry.register(
+            "relay_messages_queued",
+            "Messages accepted into the relay queue (bounces included)",
+            relay_received.clone(),
+        );
+        let relay_sessions_refused = Counter::default();
+        registry.register(
+            "relay_sessions_refused",
+            "Relay connections refused because the client network may not relay",
+            relay_sessions_refused.clone(),
+        );
+        let relay_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "relay_delivery_attempts",
+            "Relay delivery attempts (one per MX address tried) by policy mode and result",
+            relay_attempts.clone(),
+        );
+        let relay_policy_failures = Family::<PolicyFailureLabels, Counter>::default();
+        registry.register(
+            "relay_policy_failures",
+            "MTA-STS checks that failed during relay delivery, by mode and RFC 8460 result type",
+            relay_policy_failures.clone(),
+        );
+        let relay_queue = Gauge::default();
+        registry.register(
+            "relay_queue_messages",
+            "Messages in the relay queue",
+            relay_queue.clone(),
+        );
         // Known label values start at zero, so dashboards and alerts see
         // every series from the first scrape, not only after a first event.
         let _ = fetches.get_or_create(&FetchLabels {
@@ -152,7 +202,30 @@ impl Metrics {
             store_errors,
             overrides_applied,
             policies,
+            relay_received,
+            relay_sessions_refused,
+            relay_attempts,
+            relay_policy_failures,
+            relay_queue,
         }
+    }
+
+    pub fn relay_attempt(&self, mode: &str, result: &str) {
+        self.relay_attempts
+            .get_or_create(&AttemptLabels {
+                mode: mode.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn relay_policy_failure(&self, mode: &str, result_type: &str) {
+        self.relay_policy_failures
+            .get_or_create(&PolicyFailureLabels {
+                mode: mode.to_string(),
+                result_type: result_type.to_string(),
+            })
+            .inc();
     }
 
     pub fn lookup(&self, map: &str, answer: &str, took: Duration) {

@@ -96,7 +96,7 @@ impl Daemon {
     }
 
     /// Sends `signal` (a name for kill(1), e.g. `TERM`) to the daemon.
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the daemon is running");
         let status = std::process::Command::new("kill")
             .arg(format!("-{signal}"))
@@ -104,6 +104,12 @@ impl Daemon {
             .status()
             .expect("run kill(1)");
         assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub(crate) async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {

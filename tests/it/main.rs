@@ -21,5 +21,7 @@ mod packaging;
 mod postfix_e2e;
 mod postmap;
 mod proxy;
+mod relay;
+mod relay_crash;
 mod resolver;
 mod socketmap;

@@ -36,6 +36,48 @@ impl Clone for Leaf {
     }
 }
 
+impl Leaf {
+    /// Writes the chain and key as PEM files `dir/<stem>.crt` and
+    /// `dir/<stem>.key`, as an admin would configure them.
+    pub fn write_pem(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let mut chain = String::new();
+        for c in &self.chain {
+            chain.push_str(&pem("CERTIFICATE", c.as_ref()));
+        }
+        let cert = dir.join(format!("{stem}.crt"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, chain).expect("write the certificate");
+        std::fs::write(&key, pem("PRIVATE KEY", self.key.secret_der())).expect("write the key");
+        (cert, key)
+    }
+}
+
+/// RFC 7468 text encoding.
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(ALPHABET[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// A test certificate authority. Cheap to clone (the key is shared).
 #[derive(Clone)]
 pub struct TestCa {

@@ -63,6 +63,9 @@ pub struct SmtpOptions {
     pub banner: String,
     /// Recipients answered with `550 5.1.1` at RCPT.
     pub reject_rcpt: Vec<String>,
+    /// When set, the reply to the end of data instead of `250` (e.g. a
+    /// `451` for a retry test); the message is then not recorded.
+    pub data_reply: Option<String>,
 }
 
 impl SmtpOptions {
@@ -76,7 +79,13 @@ impl SmtpOptions {
             greeting_code: 220,
             banner: format!("{hostname} ESMTP test"),
             reject_rcpt: Vec::new(),
+            data_reply: None,
         }
+    }
+
+    pub fn data_reply(mut self, reply: &str) -> Self {
+        self.data_reply = Some(reply.to_string());
+        self
     }
 
     pub fn starttls(mut self, on: bool) -> Self {
@@ -507,6 +516,8 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 }
                 if too_big {
                     s.reply("552 5.3.4 message too big\r\n").await?;
+                } else if let Some(reply) = &opts.data_reply {
+                    s.reply(&format!("{reply}\r\n")).await?;
                 } else {
                     lock(&shared.counters).messages.push(ReceivedMessage {
                         helo: helo.clone().unwrap_or_default(),

@@ -1,0 +1,878 @@
+//! Delivery of one message to one recipient domain: MX lookup (RFC 5321
+//! §5.1), the domain's MTA-STS policy from the shared resolver, and an SMTP
+//! session per MX address until one takes the message.
+//!
+//! What each policy mode means here (RFC 8461 §5):
+//! - **enforce**: only MX hosts matching the policy's patterns are
+//!   contacted; STARTTLS is required and the certificate must validate for
+//!   the MX host name (also sent as SNI). Nothing but `QUIT` is ever sent
+//!   over a session that failed this, and when no host passes, the
+//!   recipients are deferred: never sent in plaintext, never to another host.
+//! - **testing**: the same checks are made and every failure is logged and
+//!   counted, but delivery goes on as it would without a policy.
+//! - **none** or no policy: opportunistic TLS, like Postfix's `may`: TLS
+//!   when offered, any certificate, plaintext after a failed handshake.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::spool::Spool;
+use crate::config::RelayConfig;
+use crate::dns::Answer as DnsAnswer;
+use crate::policy::mx::matches_any;
+use crate::policy::Mode;
+use crate::resolver::{Answer, Resolver};
+use crate::smtp::{Ehlo, Reply, SmtpConn, SmtpError};
+use crate::store::StoredPolicy;
+use crate::tlsprobe::{CertProblem, TlsProber};
+
+/// One delivery job: the still-pending recipients of one message at one
+/// domain.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub queue_id: String,
+    pub domain: String,
+    pub sender: String,
+    /// (index in the envelope, address).
+    pub rcpts: Vec<(usize, String)>,
+    pub size: u64,
+    pub smtputf8: bool,
+    pub body_8bit: bool,
+}
+
+/// What became of one recipient in this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    Delivered {
+        mx: String,
+        reply: String,
+    },
+    Failed {
+        /// 5xx, or a rule that retrying cannot change (null MX, …).
+        permanent: bool,
+        mx: Option<String>,
+        reply: Option<String>,
+        reason: String,
+        /// Enhanced status code for a bounce.
+        code: String,
+    },
+}
+
+/// How TLS is applied to a delivery.
+#[derive(Debug, Clone)]
+enum TlsMode {
+    Enforce(Arc<StoredPolicy>),
+    Testing(Arc<StoredPolicy>),
+    /// Policy mode none, or no policy; the label says which.
+    Opportunistic(&'static str),
+}
+
+impl TlsMode {
+    fn label(&self) -> &'static str {
+        match self {
+            TlsMode::Enforce(_) => "enforce",
+            TlsMode::Testing(_) => "testing",
+            TlsMode::Opportunistic(l) => l,
+        }
+    }
+
+    fn policy(&self) -> Option<&StoredPolicy> {
+        match self {
+            TlsMode::Enforce(p) | TlsMode::Testing(p) => Some(p),
+            TlsMode::Opportunistic(_) => None,
+        }
+    }
+}
+
+/// RFC 8460 §4.3 result type of a TLS failure, used in logs and metrics
+/// (and the input of TLS-RPT reports).
+fn cert_result_type(p: &CertProblem) -> &'static str {
+    match p {
+        CertProblem::Expired | CertProblem::NotYetValid => "certificate-expired",
+        CertProblem::NameMismatch => "certificate-host-mismatch",
+        CertProblem::Untrusted => "certificate-not-trusted",
+        CertProblem::Other(_) => "validation-failure",
+    }
+}
+
+/// A session that ended before any recipient was given to the server:
+/// the next address may be tried.
+#[derive(Debug, Clone)]
+struct NoSession {
+    reason: String,
+    reply: Option<String>,
+    code: &'static str,
+}
+
+impl NoSession {
+    fn new(reason: impl Into<String>, code: &'static str) -> NoSession {
+        NoSession {
+            reason: reason.into(),
+            reply: None,
+            code,
+        }
+    }
+
+    fn reply(reason: impl Into<String>, reply: &Reply) -> NoSession {
+        NoSession {
+            reason: reason.into(),
+            reply: Some(reply.one_line()),
+            code: if reply.is_permanent() {
+                "5.0.0"
+            } else {
+                "4.0.0"
+            },
+        }
+    }
+}
+
+enum Attempt {
+    /// The transaction ran; every job recipient has a result.
+    Done(Vec<(usize, RcptResult)>),
+    Next(NoSession),
+}
+
+/// Plain TCP, or TLS after STARTTLS.
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+#[derive(Clone)]
+pub struct Deliverer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    resolver: Resolver,
+    tls: TlsProber,
+    cfg: RelayConfig,
+    hostname: String,
+    spool: Spool,
+}
+
+impl Deliverer {
+    /// `tls` holds the trust anchors MX certificates are checked against:
+    /// the same as the policy fetcher's, so one `fetch.ca_file` serves both.
+    pub fn new(
+        resolver: Resolver,
+        tls: TlsProber,
+        cfg: RelayConfig,
+        hostname: String,
+        spool: Spool,
+    ) -> Deliverer {
+        Deliverer {
+            inner: Arc::new(Inner {
+                resolver,
+                tls,
+                cfg,
+                hostname,
+                spool,
+            }),
+        }
+    }
+
+    /// Tries every qualifying MX address in order until one session runs a
+    /// transaction; the result has one entry per job recipient.
+    pub async fn deliver(&self, job: &Job) -> Vec<(usize, RcptResult)> {
+        let me = &self.inner;
+        let all = |permanent: bool, reason: String, code: &str| -> Vec<(usize, RcptResult)> {
+            job.rcpts
+                .iter()
+                .map(|(i, _)| {
+                    (
+                        *i,
+                        RcptResult::Failed {
+                            permanent,
+                            mx: None,
+                            reply: None,
+                            reason: reason.clone(),
+                            code: code.to_string(),
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mode = match me.resolver.lookup(&job.domain).await {
+            // Without the store we cannot know whether an enforce policy
+            // exists: deferring is the only safe answer.
+            Err(e) => {
+                tracing::error!(queue_id = %job.queue_id, domain = %job.domain, error = %e, "policy store unavailable; delivery deferred");
+                return all(false, format!("policy store unavailable: {e}"), "4.3.0");
+            }
+            Ok(Answer::Policy(p)) => match p.policy.mode {
+                Mode::Enforce => TlsMode::Enforce(p),
+                Mode::Testing => TlsMode::Testing(p),
+                Mode::None => TlsMode::Opportunistic("none"),
+            },
+            Ok(Answer::NoPolicy(_)) => TlsMode::Opportunistic("no-policy"),
+        };
+
+        let hosts = match me.resolver.dns().mx(&job.domain).await {
+            Err(e) => {
+                tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, error = %e, "MX lookup failed; delivery deferred");
+                return all(false, format!("MX lookup failed: {e}"), "4.4.3");
+            }
+            Ok(DnsAnswer::NoRecords { nxdomain: true }) => {
+                return all(
+                    true,
+                    format!("domain {} does not exist", job.domain),
+                    "5.1.2",
+                );
+            }
+            // RFC 5321 §5.1: no MX records, the domain itself is the host.
+            Ok(DnsAnswer::NoRecords { nxdomain: false }) => vec![job.domain.clone()],
+            Ok(DnsAnswer::Records(records)) => {
+                // RFC 7505 §3: a null MX means the domain accepts no mail.
+                if records.iter().any(|r| r.is_null()) {
+                    return all(
+                        true,
+                        format!("domain {} accepts no mail (null MX, RFC 7505)", job.domain),
+                        "5.1.10",
+                    );
+                }
+                let mut hosts: Vec<String> = Vec::new();
+                for r in records {
+                    if !hosts.contains(&r.exchange) {
+                        hosts.push(r.exchange);
+                    }
+                }
+                hosts
+            }
+        };
+
+        let mut candidates = Vec::new();
+        for host in hosts {
+            if let Some(policy) = mode.policy() {
+                if !matches_any(&policy.policy.mx, &host) {
+                    if let TlsMode::Enforce(_) = mode {
+                        tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, policy_id = %policy.id, result_type = "validation-failure", "MX host not listed in the MTA-STS policy; not contacted");
+                        crate::metrics::metrics().relay_policy_failure("enforce", "mx-mismatch");
+                        continue;
+                    }
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, policy_id = %policy.id, mode = "testing", "MX host not listed in the MTA-STS policy (testing: delivering anyway)");
+                    crate::metrics::metrics().relay_policy_failure("testing", "mx-mismatch");
+                }
+            }
+            candidates.push(host);
+        }
+        candidates.truncate(me.cfg.max_mx_hosts);
+        if candidates.is_empty() {
+            let policy_id = mode.policy().map(|p| p.id.as_str()).unwrap_or("");
+            return all(
+                false,
+                format!(
+                    "no MX host of {} is allowed by its MTA-STS policy (enforce, id {policy_id}); mail is held until the MX records or the policy change",
+                    job.domain
+                ),
+                "4.7.5",
+            );
+        }
+
+        let mut failures: Vec<String> = Vec::new();
+        let mut last = NoSession::new("no MX address could be tried", "4.4.1");
+        for host in &candidates {
+            let addrs = self.addresses(host).await;
+            if addrs.is_empty() {
+                failures.push(format!("{host}: no address"));
+                last = NoSession::new(format!("{host}: no IPv4 or IPv6 address"), "4.4.3");
+                continue;
+            }
+            for ip in addrs {
+                let addr = SocketAddr::new(ip, me.cfg.delivery_port);
+                match self.attempt(job, &mode, host, addr).await {
+                    Attempt::Done(results) => return results,
+                    Attempt::Next(why) => {
+                        failures.push(format!("{host}[{ip}]: {}", why.reason));
+                        last = why;
+                    }
+                }
+            }
+        }
+        let reason = match &mode {
+            TlsMode::Enforce(p) => format!(
+                "no MX host of {} passed MTA-STS enforcement (policy id {}); held, never sent without validated TLS: {}",
+                job.domain,
+                p.id,
+                failures.join("; ")
+            ),
+            _ => format!("all MX hosts failed: {}", failures.join("; ")),
+        };
+        job.rcpts
+            .iter()
+            .map(|(i, _)| {
+                (
+                    *i,
+                    RcptResult::Failed {
+                        permanent: false,
+                        mx: None,
+                        reply: last.reply.clone(),
+                        reason: reason.clone(),
+                        code: last.code.replacen('5', "4", 1),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// IPv4 then IPv6 addresses of an MX host, at most
+    /// `max_addresses_per_host`.
+    async fn addresses(&self, host: &str) -> Vec<IpAddr> {
+        let dns = self.inner.resolver.dns();
+        let (v4, v6) = tokio::join!(dns.a(host), dns.aaaa(host));
+        let mut out: Vec<IpAddr> = Vec::new();
+        if let Ok(a) = v4 {
+            out.extend(a.records().iter().map(|ip| IpAddr::V4(*ip)));
+        }
+        if let Ok(a) = v6 {
+            out.extend(a.records().iter().map(|ip| IpAddr::V6(*ip)));
+        }
+        out.truncate(self.inner.cfg.max_addresses_per_host);
+        out
+    }
+
+    fn log_attempt(&self, at: At<'_>, tls: &str, result: &str, reply: &str) {
+        let At {
+            job,
+            mode,
+            mx,
+            addr,
+        } = at;
+        tracing::info!(
+            queue_id = %job.queue_id,
+            domain = %job.domain,
+            mx = %mx,
+            addr = %addr,
+            tls = %tls,
+            mode = mode.label(),
+            result = %result,
+            reply = %reply,
+            "delivery attempt"
+        );
+        crate::metrics::metrics().relay_attempt(mode.label(), result);
+    }
+
+    async fn attempt(&self, job: &Job, mode: &TlsMode, mx: &str, addr: SocketAddr) -> Attempt {
+        let outcome = self.session(job, mode, mx, addr, true).await;
+        match outcome {
+            // Opportunistic and testing deliveries retry in plaintext after
+            // a failed handshake, as Postfix does; enforce never does.
+            SessionEnd::HandshakeFailed(why) if !matches!(mode, TlsMode::Enforce(_)) => {
+                if let TlsMode::Testing(p) = mode {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, policy_id = %p.id, result_type = "validation-failure", error = %why, "MTA-STS testing: TLS handshake failed; retrying without TLS");
+                    crate::metrics::metrics().relay_policy_failure("testing", "validation-failure");
+                }
+                match self.session(job, mode, mx, addr, false).await {
+                    SessionEnd::Attempt(a) => a,
+                    SessionEnd::HandshakeFailed(why) => Attempt::Next(NoSession::new(why, "4.7.0")),
+                }
+            }
+            SessionEnd::HandshakeFailed(why) => Attempt::Next(NoSession::new(why, "4.7.0")),
+            SessionEnd::Attempt(a) => a,
+        }
+    }
+
+    /// One SMTP session with one address. `use_tls`: issue STARTTLS when
+    /// offered (false only for the plaintext retry).
+    async fn session(
+        &self,
+        job: &Job,
+        mode: &TlsMode,
+        mx: &str,
+        addr: SocketAddr,
+        use_tls: bool,
+    ) -> SessionEnd {
+        let me = &self.inner;
+        let next = |this: &Self, why: NoSession| {
+            this.log_attempt(
+                At {
+                    job,
+                    mode,
+                    mx,
+                    addr,
+                },
+                "none",
+                "deferred",
+                why.reply.as_deref().unwrap_or(&why.reason),
+            );
+            SessionEnd::Attempt(Attempt::Next(why))
+        };
+        let tcp = match tokio::time::timeout(me.cfg.connect_timeout, TcpStream::connect(addr)).await
+        {
+            Err(_) => return next(self, NoSession::new("connection timed out", "4.4.1")),
+            Ok(Err(e)) => {
+                return next(
+                    self,
+                    NoSession::new(format!("cannot connect: {e}"), "4.4.1"),
+                )
+            }
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut conn = SmtpConn::new(tcp, me.cfg.reply_timeout);
+        let greeting = match conn.read_reply().await {
+            Ok(r) => r,
+            Err(e) => return next(self, NoSession::new(format!("no greeting: {e}"), "4.4.2")),
+        };
+        if greeting.code != 220 {
+            conn.quit().await;
+            return next(self, NoSession::reply("greeting refused", &greeting));
+        }
+        let ehlo = match conn.ehlo(&me.hostname).await {
+            Ok(e) if e.reply.is_positive() => e,
+            Ok(e) => {
+                // RFC 5321 §3.2: fall back to HELO, which cannot offer
+                // STARTTLS, so never under enforce.
+                if matches!(mode, TlsMode::Enforce(_)) {
+                    conn.quit().await;
+                    return next(self, NoSession::reply("EHLO refused", &e.reply));
+                }
+                match conn.command(&format!("HELO {}", me.hostname)).await {
+                    Ok(r) if r.is_positive() => Ehlo {
+                        reply: r,
+                        extensions: Vec::new(),
+                    },
+                    Ok(r) => {
+                        conn.quit().await;
+                        return next(self, NoSession::reply("HELO refused", &r));
+                    }
+                    Err(e) => return next(self, NoSession::new(format!("HELO: {e}"), "4.4.2")),
+                }
+            }
+            Err(e) => return next(self, NoSession::new(format!("EHLO: {e}"), "4.4.2")),
+        };
+
+        if !ehlo.has("STARTTLS") || !use_tls {
+            match mode {
+                TlsMode::Enforce(p) => {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "starttls-not-supported", "MTA-STS enforce: MX host does not offer STARTTLS; message not sent");
+                    crate::metrics::metrics()
+                        .relay_policy_failure("enforce", "starttls-not-supported");
+                    conn.quit().await;
+                    return next(
+                        self,
+                        NoSession::new("STARTTLS not offered (MTA-STS enforce)", "4.7.5"),
+                    );
+                }
+                TlsMode::Testing(p) if use_tls => {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "starttls-not-supported", "MTA-STS testing: MX host does not offer STARTTLS; delivering without TLS");
+                    crate::metrics::metrics()
+                        .relay_policy_failure("testing", "starttls-not-supported");
+                }
+                _ => {}
+            }
+            let a = self
+                .transaction(&mut conn, &ehlo, job, mode, mx, addr, "none")
+                .await;
+            return SessionEnd::Attempt(a);
+        }
+
+        match conn.command("STARTTLS").await {
+            Ok(r) if r.code == 220 => {}
+            Ok(r) => {
+                conn.quit().await;
+                return SessionEnd::HandshakeFailed(format!("STARTTLS refused: {}", r.one_line()));
+            }
+            Err(e) => return SessionEnd::HandshakeFailed(format!("STARTTLS: {e}")),
+        }
+        // Bytes the server sent after its 220 would be read as if they came
+        // over TLS (CVE-2011-0411 and kin): refuse.
+        if conn.has_buffered() {
+            return SessionEnd::HandshakeFailed(
+                "server sent data after 220 to STARTTLS (possible injection)".to_string(),
+            );
+        }
+        let (tcp, _) = conn.into_parts();
+        let (tls, report) = match me.tls.handshake(tcp, mx, &[]).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let TlsMode::Enforce(p) = mode {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "validation-failure", error = %e, "MTA-STS enforce: TLS handshake failed; message not sent");
+                    crate::metrics::metrics().relay_policy_failure("enforce", "validation-failure");
+                }
+                self.log_attempt(
+                    At {
+                        job,
+                        mode,
+                        mx,
+                        addr,
+                    },
+                    "failed",
+                    "deferred",
+                    &e.to_string(),
+                );
+                return SessionEnd::HandshakeFailed(format!("TLS handshake failed: {e}"));
+            }
+        };
+        let mut conn: SmtpConn<Tls> = SmtpConn::new(tls, me.cfg.reply_timeout);
+        if let Err(problem) = &report.cert {
+            let result_type = cert_result_type(problem);
+            match mode {
+                TlsMode::Enforce(p) => {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type, problem = %problem, "MTA-STS enforce: MX certificate not valid; message not sent");
+                    crate::metrics::metrics().relay_policy_failure("enforce", result_type);
+                    conn.quit().await;
+                    let why =
+                        NoSession::new(format!("{problem} for {mx} (MTA-STS enforce)"), "4.7.5");
+                    self.log_attempt(
+                        At {
+                            job,
+                            mode,
+                            mx,
+                            addr,
+                        },
+                        &report.version,
+                        "deferred",
+                        &why.reason,
+                    );
+                    return SessionEnd::Attempt(Attempt::Next(why));
+                }
+                TlsMode::Testing(p) => {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type, problem = %problem, "MTA-STS testing: MX certificate not valid; delivering anyway");
+                    crate::metrics::metrics().relay_policy_failure("testing", result_type);
+                }
+                TlsMode::Opportunistic(_) => {}
+            }
+        }
+        let ehlo = match conn.ehlo(&me.hostname).await {
+            Ok(e) if e.reply.is_positive() => e,
+            Ok(e) => {
+                conn.quit().await;
+                let why = NoSession::reply("EHLO after STARTTLS refused", &e.reply);
+                self.log_attempt(
+                    At {
+                        job,
+                        mode,
+                        mx,
+                        addr,
+                    },
+                    &report.version,
+                    "deferred",
+                    &why.reason,
+                );
+                return SessionEnd::Attempt(Attempt::Next(why));
+            }
+            Err(e) => {
+                let why = NoSession::new(format!("EHLO after STARTTLS: {e}"), "4.4.2");
+                self.log_attempt(
+                    At {
+                        job,
+                        mode,
+                        mx,
+                        addr,
+                    },
+                    &report.version,
+                    "deferred",
+                    &why.reason,
+                );
+                return SessionEnd::Attempt(Attempt::Next(why));
+            }
+        };
+        let a = self
+            .transaction(&mut conn, &ehlo, job, mode, mx, addr, &report.version)
+            .await;
+        SessionEnd::Attempt(a)
+    }
+
+    /// MAIL, RCPT per recipient, DATA and the body. Per-recipient replies
+    /// are kept: one refused recipient does not fail the others.
+    #[allow(clippy::too_many_arguments)]
+    async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut SmtpConn<S>,
+        ehlo: &Ehlo,
+        job: &Job,
+        mode: &TlsMode,
+        mx: &str,
+        addr: SocketAddr,
+        tls: &str,
+    ) -> Attempt {
+        let me = &self.inner;
+        let log = |result: &str, reply: &str| {
+            self.log_attempt(
+                At {
+                    job,
+                    mode,
+                    mx,
+                    addr,
+                },
+                tls,
+                result,
+                reply,
+            );
+        };
+        let failed =
+            |permanent: bool, reply: Option<&Reply>, reason: &str, code: &str| RcptResult::Failed {
+                permanent,
+                mx: Some(mx.to_string()),
+                reply: reply.map(|r| r.one_line()),
+                reason: reason.to_string(),
+                code: reply
+                    .and_then(|r| crate::relay::dsn::enhanced_status(&r.lines.join(" ")))
+                    .unwrap_or_else(|| code.to_string()),
+            };
+
+        // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server
+        // without it.
+        if job.smtputf8 && !ehlo.has("SMTPUTF8") {
+            conn.quit().await;
+            log("bounced", "server does not support SMTPUTF8");
+            return Attempt::Done(
+                job.rcpts
+                    .iter()
+                    .map(|(i, _)| {
+                        (
+                            *i,
+                            failed(
+                                true,
+                                None,
+                                "the message needs SMTPUTF8, which the server does not offer",
+                                "5.6.7",
+                            ),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        let mut mail = format!("MAIL FROM:<{}>", job.sender);
+        if ehlo.has("SIZE") {
+            mail.push_str(&format!(" SIZE={}", job.size));
+        }
+        if job.body_8bit && ehlo.has("8BITMIME") {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if job.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        let reply = match conn.command(&mail).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = NoSession::new(format!("MAIL FROM: {e}"), "4.4.2");
+                log("deferred", &why.reason);
+                return Attempt::Next(why);
+            }
+        };
+        if reply.is_permanent() {
+            conn.quit().await;
+            log("bounced", &reply.one_line());
+            let reason = "the remote server refused the sender";
+            return Attempt::Done(
+                job.rcpts
+                    .iter()
+                    .map(|(i, _)| (*i, failed(true, Some(&reply), reason, "5.0.0")))
+                    .collect(),
+            );
+        }
+        if !reply.is_positive() {
+            conn.quit().await;
+            let why = NoSession::reply("MAIL FROM refused", &reply);
+            log("deferred", &why.reason);
+            return Attempt::Next(why);
+        }
+
+        let mut results: Vec<(usize, RcptResult)> = Vec::new();
+        let mut accepted: Vec<usize> = Vec::new();
+        for (i, rcpt) in &job.rcpts {
+            match conn.command(&format!("RCPT TO:<{rcpt}>")).await {
+                Ok(r) if r.is_positive() => accepted.push(*i),
+                Ok(r) => {
+                    let reason = "the remote server refused the recipient";
+                    results.push((*i, failed(r.is_permanent(), Some(&r), reason, "4.0.0")));
+                }
+                Err(e) => {
+                    // The session broke mid-transaction: everyone not yet
+                    // answered is deferred.
+                    let reason = format!("connection lost at RCPT: {e}");
+                    log("deferred", &reason);
+                    for (j, _) in &job.rcpts {
+                        if !results.iter().any(|(k, _)| k == j) {
+                            results.push((*j, failed(false, None, &reason, "4.4.2")));
+                        }
+                    }
+                    return Attempt::Done(results);
+                }
+            }
+        }
+        if accepted.is_empty() {
+            conn.quit().await;
+            log("rejected", "every recipient refused");
+            return Attempt::Done(results);
+        }
+        let rest = |results: &mut Vec<(usize, RcptResult)>, r: RcptResult| {
+            for i in &accepted {
+                results.push((*i, r.clone()));
+            }
+        };
+        match conn.command("DATA").await {
+            Ok(r) if r.code == 354 => {}
+            Ok(r) => {
+                conn.quit().await;
+                log("deferred", &r.one_line());
+                let reason = "the remote server refused DATA";
+                rest(
+                    &mut results,
+                    failed(r.is_permanent(), Some(&r), reason, "4.0.0"),
+                );
+                return Attempt::Done(results);
+            }
+            Err(e) => {
+                let reason = format!("DATA: {e}");
+                log("deferred", &reason);
+                rest(&mut results, failed(false, None, &reason, "4.4.2"));
+                return Attempt::Done(results);
+            }
+        }
+        if let Err(e) = self.send_body(conn, &job.queue_id).await {
+            let reason = format!("sending the message failed: {e}");
+            log("deferred", &reason);
+            rest(&mut results, failed(false, None, &reason, "4.4.2"));
+            return Attempt::Done(results);
+        }
+        conn.set_timeout(me.cfg.data_timeout);
+        let end = conn.read_reply().await;
+        conn.set_timeout(me.cfg.reply_timeout);
+        match end {
+            Ok(r) if r.is_positive() => {
+                log("delivered", &r.one_line());
+                rest(
+                    &mut results,
+                    RcptResult::Delivered {
+                        mx: mx.to_string(),
+                        reply: r.one_line(),
+                    },
+                );
+                conn.quit().await;
+            }
+            Ok(r) => {
+                log(
+                    if r.is_permanent() {
+                        "bounced"
+                    } else {
+                        "deferred"
+                    },
+                    &r.one_line(),
+                );
+                let reason = "the remote server refused the message";
+                rest(
+                    &mut results,
+                    failed(r.is_permanent(), Some(&r), reason, "4.0.0"),
+                );
+                conn.quit().await;
+            }
+            // The server may have taken the message: retrying can make a
+            // duplicate, which RFC 5321 §6.1 prefers to a loss.
+            Err(e) => {
+                let reason = format!("no reply after the message was sent: {e}");
+                log("deferred", &reason);
+                rest(&mut results, failed(false, None, &reason, "4.4.2"));
+            }
+        }
+        Attempt::Done(results)
+    }
+
+    /// Streams the spooled message, dot-stuffed (RFC 5321 §4.5.2), then
+    /// the end-of-data line.
+    async fn send_body<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut SmtpConn<S>,
+        queue_id: &str,
+    ) -> Result<(), String> {
+        let spool = self.inner.spool.clone();
+        let id = queue_id.to_string();
+        let body = tokio::task::spawn_blocking(move || spool.open_body(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read the queued message: {e}"))?;
+        let file = tokio::fs::File::from_std(body.into_inner());
+        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, file);
+        let mut out: Vec<u8> = Vec::with_capacity(72 * 1024);
+        let mut line_start = true;
+        let mut tail = [b'\r', b'\n'];
+        loop {
+            let chunk = reader
+                .fill_buf()
+                .await
+                .map_err(|e| format!("cannot read the queued message: {e}"))?;
+            if chunk.is_empty() {
+                break;
+            }
+            for &b in chunk {
+                if line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                line_start = b == b'\n';
+                tail = [tail[1], b];
+            }
+            let n = chunk.len();
+            reader.consume(n);
+            if out.len() >= 64 * 1024 {
+                conn.write_raw(&out).await.map_err(|e| e.to_string())?;
+                out.clear();
+            }
+        }
+        if tail != [b'\r', b'\n'] {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        conn.write_raw(&out)
+            .await
+            .map_err(|e: SmtpError| e.to_string())
+    }
+}
+
+/// Where an attempt goes: for log lines.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    job: &'a Job,
+    mode: &'a TlsMode,
+    mx: &'a str,
+    addr: SocketAddr,
+}
+
+enum SessionEnd {
+    Attempt(Attempt),
+    /// STARTTLS was offered but TLS could not be set up.
+    HandshakeFailed(String),
+}
+
+/// Waits between attempts: `schedule[attempts - 1]`, the last repeating.
+pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
+    let i = (attempts.max(1) - 1) as usize;
+    schedule
+        .get(i)
+        .or(schedule.last())
+        .copied()
+        .unwrap_or(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_repeats_its_last_wait() {
+        let s = [Duration::from_secs(1), Duration::from_secs(5)];
+        assert_eq!(retry_delay(&s, 1), Duration::from_secs(1));
+        assert_eq!(retry_delay(&s, 2), Duration::from_secs(5));
+        assert_eq!(retry_delay(&s, 9), Duration::from_secs(5));
+        assert_eq!(retry_delay(&s, 0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn cert_problems_map_to_tlsrpt_result_types() {
+        assert_eq!(
+            cert_result_type(&CertProblem::NameMismatch),
+            "certificate-host-mismatch"
+        );
+        assert_eq!(
+            cert_result_type(&CertProblem::Expired),
+            "certificate-expired"
+        );
+        assert_eq!(
+            cert_result_type(&CertProblem::Untrusted),
+            "certificate-not-trusted"
+        );
+    }
+}

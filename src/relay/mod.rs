@@ -1,0 +1,82 @@
+//! The smart-host relay: a small MTA for clients that cannot ask a policy
+//! server. It accepts mail from trusted networks ([`server`], [`session`],
+//! [`command`]), keeps it in a durable spool ([`spool`]), and delivers it
+//! per recipient domain ([`queue`], [`deliver`]) under the domain's MTA-STS
+//! policy from the shared [`Resolver`](crate::resolver::Resolver). Failed
+//! recipients are reported to the sender with an RFC 3464 bounce ([`dsn`]).
+
+pub mod command;
+pub mod deliver;
+pub mod dsn;
+pub mod queue;
+pub mod server;
+pub mod session;
+pub mod spool;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::resolver::Resolver;
+use crate::tlsprobe::TlsProber;
+
+pub use queue::{Queue, QueueView};
+
+/// Where the queue lives: `<state_dir>/queue`.
+pub fn spool_dir(config: &Config) -> std::path::PathBuf {
+    config.state_dir().join("queue")
+}
+
+/// The relay's name: `relay.hostname`, else the system host name.
+pub fn hostname(config: &Config) -> String {
+    if let Some(h) = &config.relay.hostname {
+        return h.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A running relay's parts, built once the store is open.
+pub struct Relay {
+    pub queue: Queue,
+    shared: Arc<server::Shared>,
+}
+
+impl Relay {
+    /// Opens the spool and loads the queue.
+    pub async fn open(config: &Config, resolver: Resolver) -> Result<Relay, String> {
+        let dir = spool_dir(config);
+        let spool = spool::Spool::open(&dir)
+            .map_err(|e| format!("cannot open the relay queue {}: {e}", dir.display()))?;
+        let tls = TlsProber::new(&config.fetch, config.relay.connect_timeout)?;
+        let hostname = hostname(config);
+        let deliverer = deliver::Deliverer::new(
+            resolver,
+            tls,
+            config.relay.clone(),
+            hostname.clone(),
+            spool.clone(),
+        );
+        let queue = Queue::open(spool, deliverer, config.relay.clone(), hostname.clone()).await;
+        let shared = Arc::new(server::Shared {
+            cfg: config.relay.clone(),
+            hostname,
+            networks: config.relay_networks().map_err(|e| e.to_string())?,
+            queue: queue.clone(),
+            tls: server::tls_acceptor(&config.relay)?,
+        });
+        Ok(Relay { queue, shared })
+    }
+
+    /// Runs the queue and the listeners until `shutdown`.
+    pub async fn serve(self, listeners: Vec<TcpListener>, shutdown: watch::Receiver<bool>) {
+        let runner = tokio::spawn(self.queue.clone().run(shutdown.clone()));
+        server::serve(listeners, self.shared, shutdown).await;
+        let _ = runner.await;
+    }
+}

@@ -1,0 +1,527 @@
+//! The queue manager: which (message, domain) deliveries are due, at most
+//! `max_deliveries` at once, one per domain of a message at a time; the
+//! retry schedule and lifetime; bounces; and the admin view (list, flush,
+//! delete).
+//!
+//! Every change to a message's delivery state is written to the spool
+//! before anything else happens, so a restart resumes exactly: a recipient
+//! that accepted the message is never sent it again, and only a delivery
+//! that was in flight at a crash can be repeated.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use super::deliver::{retry_delay, Deliverer, Job, RcptResult};
+use super::dsn::{self, Bounce, FailedRecipient};
+use super::spool::{Envelope, RcptStatus, Spool, Spooled};
+use crate::config::RelayConfig;
+use crate::store::unix_now;
+
+/// The domain part of a recipient, as the queue groups deliveries by it.
+pub fn rcpt_domain(rcpt: &str) -> String {
+    match rcpt.rsplit_once('@') {
+        Some((_, d)) => crate::policy::normalize_domain(d).unwrap_or_else(|_| d.to_lowercase()),
+        None => String::new(),
+    }
+}
+
+struct Entry {
+    msg: Spooled,
+    /// Domains with a delivery in flight.
+    busy: HashSet<String>,
+    /// Every recipient is final; the bounce and removal are under way. The
+    /// entry stays listed until the message is gone, so the queue is never
+    /// seen empty while a bounce is still being queued.
+    finishing: bool,
+}
+
+impl Entry {
+    fn pending_domains(&self) -> BTreeMap<String, Vec<(usize, String)>> {
+        let mut out: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+        for (i, rcpt) in self.msg.envelope.recipients.iter().enumerate() {
+            if self.msg.state.rcpts.get(i).map(|r| r.status) == Some(RcptStatus::Pending) {
+                out.entry(rcpt_domain(rcpt))
+                    .or_default()
+                    .push((i, rcpt.clone()));
+            }
+        }
+        out
+    }
+
+    fn is_final(&self) -> bool {
+        self.busy.is_empty()
+            && self
+                .msg
+                .state
+                .rcpts
+                .iter()
+                .all(|r| r.status != RcptStatus::Pending)
+    }
+}
+
+/// A queued message as `mta-sts-agent queue list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueView {
+    pub id: String,
+    pub sender: String,
+    pub arrival: u64,
+    pub size: u64,
+    pub recipients: Vec<RcptView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptView {
+    pub address: String,
+    /// pending, delivered or failed.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix seconds of the next attempt, for pending recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<u64>,
+}
+
+impl QueueView {
+    pub fn of(msg: &Spooled) -> QueueView {
+        let e = &msg.envelope;
+        QueueView {
+            id: e.id.clone(),
+            sender: e.sender.clone(),
+            arrival: e.arrival,
+            size: msg.size,
+            recipients: e
+                .recipients
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let st = msg.state.rcpts.get(i);
+                    let status = st.map(|s| s.status).unwrap_or(RcptStatus::Pending);
+                    RcptView {
+                        address: r.clone(),
+                        status: match status {
+                            RcptStatus::Pending => "pending",
+                            RcptStatus::Delivered => "delivered",
+                            RcptStatus::Failed => "failed",
+                        }
+                        .to_string(),
+                        reason: st.and_then(|s| s.reason.clone().or(s.reply.clone())),
+                        next_attempt: (status == RcptStatus::Pending).then(|| {
+                            msg.state
+                                .domains
+                                .get(&rcpt_domain(r))
+                                .map(|d| d.next_attempt)
+                                .unwrap_or(0)
+                        }),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spool: Spool,
+    deliverer: Deliverer,
+    cfg: RelayConfig,
+    hostname: String,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    /// Serialises state writes, so a file never goes back to an older state.
+    persist: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Queue {
+    /// Loads every message in the spool; deliveries start with [`run`](Self::run).
+    pub async fn open(
+        spool: Spool,
+        deliverer: Deliverer,
+        cfg: RelayConfig,
+        hostname: String,
+    ) -> Queue {
+        let loader = spool.clone();
+        let messages = tokio::task::spawn_blocking(move || loader.load_all())
+            .await
+            .unwrap_or_default();
+        if !messages.is_empty() {
+            tracing::info!(
+                messages = messages.len(),
+                spool = %spool.dir().display(),
+                "queue loaded from the spool; resuming delivery"
+            );
+        }
+        let entries = messages
+            .into_iter()
+            .map(|m| {
+                (
+                    m.envelope.id.clone(),
+                    Entry {
+                        msg: m,
+                        busy: HashSet::new(),
+                        finishing: false,
+                    },
+                )
+            })
+            .collect();
+        let slots = Arc::new(Semaphore::new(cfg.max_deliveries));
+        Queue {
+            inner: Arc::new(Inner {
+                spool,
+                deliverer,
+                cfg,
+                hostname,
+                entries: Mutex::new(entries),
+                wake: Notify::new(),
+                slots,
+                persist: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.inner.spool
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.inner.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands a freshly committed message to the scheduler.
+    pub fn accept(&self, msg: Spooled) {
+        crate::metrics::metrics().relay_received.inc();
+        lock(&self.inner.entries).insert(
+            msg.envelope.id.clone(),
+            Entry {
+                msg,
+                busy: HashSet::new(),
+                finishing: false,
+            },
+        );
+        self.inner.wake.notify_one();
+    }
+
+    pub fn list(&self) -> Vec<QueueView> {
+        lock(&self.inner.entries)
+            .values()
+            .map(|e| QueueView::of(&e.msg))
+            .collect()
+    }
+
+    /// Makes every pending delivery (of `id`, or of all messages) due now.
+    /// Returns how many messages were affected.
+    pub fn flush(&self, id: Option<&str>) -> usize {
+        let mut n = 0;
+        {
+            let mut entries = lock(&self.inner.entries);
+            for (eid, e) in entries.iter_mut() {
+                if id.is_some_and(|id| id != eid) {
+                    continue;
+                }
+                n += 1;
+                for d in e.msg.state.domains.values_mut() {
+                    d.next_attempt = 0;
+                }
+            }
+        }
+        self.inner.wake.notify_one();
+        n
+    }
+
+    /// Deletes `id` from the queue and the spool, without a bounce. A
+    /// delivery in flight finishes but its result is dropped.
+    pub async fn delete(&self, id: &str) -> Result<bool, String> {
+        let removed = lock(&self.inner.entries).remove(id).is_some();
+        if removed {
+            let spool = self.inner.spool.clone();
+            let id2 = id.to_string();
+            let _guard = self.inner.persist.lock().await;
+            tokio::task::spawn_blocking(move || spool.remove(&id2))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot remove {id} from the spool: {e}"))?;
+            tracing::info!(queue_id = %id, "message deleted by the administrator");
+        }
+        Ok(removed)
+    }
+
+    /// Schedules deliveries until `shutdown`. Deliveries in flight at
+    /// shutdown are abandoned; their recipients stay pending in the spool.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.start_due();
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn start_due(&self) {
+        let now = unix_now();
+        let mut jobs = Vec::new();
+        let mut finished = Vec::new();
+        {
+            let mut entries = lock(&self.inner.entries);
+            for (id, e) in entries.iter_mut() {
+                if e.finishing {
+                    continue;
+                }
+                if e.is_final() {
+                    e.finishing = true;
+                    finished.push(id.clone());
+                    continue;
+                }
+                for (domain, rcpts) in e.pending_domains() {
+                    if e.busy.contains(&domain) {
+                        continue;
+                    }
+                    let due = e
+                        .msg
+                        .state
+                        .domains
+                        .get(&domain)
+                        .map(|d| d.next_attempt <= now)
+                        .unwrap_or(true);
+                    if !due {
+                        continue;
+                    }
+                    let Ok(permit) = self.inner.slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    e.busy.insert(domain.clone());
+                    let env = &e.msg.envelope;
+                    jobs.push((
+                        permit,
+                        Job {
+                            queue_id: id.clone(),
+                            domain,
+                            sender: env.sender.clone(),
+                            rcpts,
+                            size: e.msg.size,
+                            smtputf8: env.smtputf8,
+                            body_8bit: env.body_8bit,
+                        },
+                    ));
+                }
+            }
+            crate::metrics::metrics()
+                .relay_queue
+                .set(entries.len() as i64);
+        }
+        for id in finished {
+            let q = self.clone();
+            tokio::spawn(async move { q.finish(&id).await });
+        }
+        for (permit, job) in jobs {
+            let q = self.clone();
+            tokio::spawn(async move {
+                let results = q.inner.deliverer.deliver(&job).await;
+                q.complete(&job, results).await;
+                drop(permit);
+                q.inner.wake.notify_one();
+            });
+        }
+    }
+
+    /// Records a delivery's results, durably, and schedules what is left.
+    async fn complete(&self, job: &Job, results: Vec<(usize, RcptResult)>) {
+        let _guard = self.inner.persist.lock().await;
+        let now = unix_now();
+        let state = {
+            let mut entries = lock(&self.inner.entries);
+            let Some(e) = entries.get_mut(&job.queue_id) else {
+                return; // deleted meanwhile
+            };
+            e.busy.remove(&job.domain);
+            let arrival = e.msg.envelope.arrival;
+            let state = &mut e.msg.state;
+            let mut deferred = false;
+            for (i, r) in results {
+                let Some(st) = state.rcpts.get_mut(i) else {
+                    continue;
+                };
+                match r {
+                    RcptResult::Delivered { mx, reply } => {
+                        st.status = RcptStatus::Delivered;
+                        st.mx = Some(mx);
+                        st.reply = Some(reply);
+                        st.reason = None;
+                    }
+                    RcptResult::Failed {
+                        permanent,
+                        mx,
+                        reply,
+                        reason,
+                        code,
+                    } => {
+                        st.mx = mx;
+                        st.reply = reply;
+                        st.reason = Some(reason);
+                        st.code = Some(code);
+                        if permanent {
+                            st.status = RcptStatus::Failed;
+                        } else {
+                            deferred = true;
+                        }
+                    }
+                }
+            }
+            if deferred {
+                let expiry = arrival.saturating_add(self.inner.cfg.queue_lifetime.as_secs());
+                let sched = state.domains.entry(job.domain.clone()).or_default();
+                sched.attempts += 1;
+                if now >= expiry {
+                    let lifetime = humantime::format_duration(self.inner.cfg.queue_lifetime);
+                    for (i, _) in &job.rcpts {
+                        if let Some(st) = state.rcpts.get_mut(*i) {
+                            if st.status == RcptStatus::Pending {
+                                st.status = RcptStatus::Failed;
+                                let last = st.reason.take().unwrap_or_default();
+                                st.reason = Some(format!(
+                                    "undeliverable for the queue lifetime ({lifetime}); last error: {last}"
+                                ));
+                                if !st.code.as_deref().is_some_and(|c| c.starts_with('4')) {
+                                    st.code = Some("4.4.7".to_string());
+                                }
+                            }
+                        }
+                    }
+                    state.domains.remove(&job.domain);
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, "queue lifetime expired; recipients bounced");
+                } else {
+                    let wait = retry_delay(&self.inner.cfg.retry_schedule, sched.attempts);
+                    sched.next_attempt = now.saturating_add(wait.as_secs().max(1)).min(expiry);
+                }
+            } else {
+                state.domains.remove(&job.domain);
+            }
+            state.clone()
+        };
+        let spool = self.inner.spool.clone();
+        let id = job.queue_id.clone();
+        let saved = tokio::task::spawn_blocking(move || spool.save_state(&id, &state)).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            // The delivery happened; only the record of it failed. The next
+            // save or a restart may repeat it: a duplicate, never a loss.
+            tracing::error!(queue_id = %job.queue_id, "cannot save the queue state; a restart may repeat this delivery");
+        }
+    }
+
+    /// Bounces what failed (never for a bounce) and removes a message whose
+    /// recipients are all final. A
+    /// crash between queuing the bounce and removing the message sends the
+    /// bounce twice: at least once, as for any delivery.
+    async fn finish(&self, id: &str) {
+        let _guard = self.inner.persist.lock().await;
+        let msg = match lock(&self.inner.entries).get(id) {
+            Some(e) => e.msg.clone(),
+            None => return, // deleted meanwhile
+        };
+        let failed: Vec<FailedRecipient> = msg
+            .envelope
+            .recipients
+            .iter()
+            .zip(&msg.state.rcpts)
+            .filter(|(_, st)| st.status == RcptStatus::Failed)
+            .map(|(addr, st)| FailedRecipient {
+                address: addr.clone(),
+                status: st.code.clone().unwrap_or_else(|| "5.0.0".to_string()),
+                remote_mta: st.mx.clone(),
+                diagnostic: st.reply.clone(),
+                reason: st.reason.clone().unwrap_or_default(),
+            })
+            .collect();
+        let delivered = msg.state.rcpts.len() - failed.len();
+        if !failed.is_empty() {
+            if msg.envelope.sender.is_empty() {
+                // RFC 5321 §6.1: never bounce a bounce.
+                tracing::error!(queue_id = %id, failed = failed.len(), "bounce undeliverable; dropped (a bounce is never bounced)");
+            } else if let Err(e) = self.bounce(&msg, &failed).await {
+                // Keep the message: the bounce is retried on the next scan.
+                tracing::error!(queue_id = %id, error = %e, "cannot queue the bounce; will retry");
+                if let Some(e) = lock(&self.inner.entries).get_mut(id) {
+                    e.finishing = false;
+                }
+                return;
+            }
+        }
+        let spool = self.inner.spool.clone();
+        let id_owned = id.to_string();
+        match tokio::task::spawn_blocking(move || spool.remove(&id_owned)).await {
+            Ok(Ok(())) => {
+                lock(&self.inner.entries).remove(id);
+                tracing::info!(queue_id = %id, delivered, failed = failed.len(), "message done; removed from the queue");
+            }
+            // Left listed and finishing: an admin sees it; a restart retries.
+            _ => tracing::error!(queue_id = %id, "cannot remove a finished message from the spool"),
+        }
+    }
+
+    /// Queues the RFC 3464 bounce for `failed` to the message's sender.
+    async fn bounce(&self, msg: &Spooled, failed: &[FailedRecipient]) -> Result<(), String> {
+        let spool = self.inner.spool.clone();
+        let id = msg.envelope.id.clone();
+        let original = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            spool
+                .open_body(&id)?
+                .take(64 * 1024 + 1024)
+                .read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let expired = failed.iter().any(|f| f.status.starts_with('4'));
+        let text = dsn::build(&Bounce {
+            reporting_mta: &self.inner.hostname,
+            queue_id: &msg.envelope.id,
+            sender: &msg.envelope.sender,
+            arrival: msg.envelope.arrival,
+            now: unix_now(),
+            recipients: failed,
+            original: &original,
+            expired,
+        });
+        let envelope = Envelope {
+            id: String::new(),
+            sender: String::new(),
+            recipients: vec![msg.envelope.sender.clone()],
+            arrival: unix_now(),
+            client: format!("bounce of {}", msg.envelope.id),
+            smtputf8: !msg.envelope.sender.is_ascii(),
+            body_8bit: !text.is_ascii(),
+        };
+        let spool = self.inner.spool.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            let mut w = spool.create(envelope)?;
+            w.write(&text)?;
+            w.commit()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        tracing::info!(queue_id = %msg.envelope.id, bounce_id = %committed.envelope.id, to = %msg.envelope.sender, failed = failed.len(), "bounce queued");
+        self.accept(committed);
+        Ok(())
+    }
+}

@@ -1,0 +1,577 @@
+//! One client connection to the relay's SMTP server (RFC 5321): the
+//! command loop, the limits, and the DATA phase that ends with the message
+//! durably spooled before `250`.
+//!
+//! Limits, each with the reply a client gets:
+//! - a command line over [`MAX_COMMAND_LINE`] octets: `500 5.5.2`, the
+//!   rest of the line discarded;
+//! - `relay.max_commands` commands or [`MAX_ERRORS`] errors in a session:
+//!   `421 4.7.0` and the connection closed;
+//! - silence longer than `relay.command_timeout`: `421 4.4.2`, closed;
+//! - a message over `relay.max_message_size`: `552 5.3.4` after its end;
+//! - a data line over [`MAX_DATA_LINE`] octets: `500 5.5.2` after the end;
+//! - more than `relay.max_recipients` recipients: `452 4.5.3`.
+//!
+//! Line endings: commands may end in a bare LF (tolerated, as Postfix
+//! does). In DATA a bare LF ends a line and is stored as CRLF, but only
+//! `CRLF . CRLF` ends the message (the SMTP smuggling defence, Postfix's
+//! `smtpd_forbid_bare_newline = normalize`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::command::{self, Command, MailParams};
+use super::server::Shared;
+use super::spool::Envelope;
+use crate::store::unix_now;
+
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 gives 512; the
+/// SIZE and other parameters of ESMTP push real clients past it).
+pub const MAX_COMMAND_LINE: usize = 2048;
+/// Longest message line kept as is. RFC 5322 §2.1.1 allows 998 octets;
+/// longer lines are relayed unchanged up to this bound.
+pub const MAX_DATA_LINE: usize = 64 * 1024;
+/// Errors in a session before the server hangs up.
+pub const MAX_ERRORS: usize = 20;
+
+/// Plain TCP, or TLS after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the handshake owns the socket.
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What a bounded line read produced.
+enum Line {
+    /// The line without its ending; `crlf` false for a bare LF.
+    Done {
+        bytes: Vec<u8>,
+        crlf: bool,
+    },
+    /// Longer than the bound; the rest up to the next LF is discarded.
+    TooLong,
+    Closed,
+    TimedOut,
+}
+
+struct Transaction {
+    sender: String,
+    params: MailParams,
+    rcpts: Vec<String>,
+}
+
+pub struct Session {
+    stream: Stream,
+    buf: Vec<u8>,
+    /// Discarding the rest of an over-long line.
+    skipping: bool,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: bool,
+    tx: Option<Transaction>,
+    commands: usize,
+    errors: usize,
+}
+
+/// Why the session ends.
+enum End {
+    Quit,
+    Hangup,
+}
+
+type Step = Result<(), End>;
+
+impl Session {
+    pub fn new(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Session {
+        Session {
+            stream: Stream::Plain(tcp),
+            buf: Vec::with_capacity(4096),
+            skipping: false,
+            peer,
+            shared,
+            helo: None,
+            esmtp: false,
+            tls: false,
+            tx: None,
+            commands: 0,
+            errors: 0,
+        }
+    }
+
+    async fn write(&mut self, text: &str) -> Step {
+        let timeout = self.shared.cfg.command_timeout;
+        let write = async {
+            self.stream.write_all(text.as_bytes()).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Hangup),
+        }
+    }
+
+    async fn reply(&mut self, line: &str) -> Step {
+        self.write(&format!("{line}\r\n")).await
+    }
+
+    /// Reads one line of at most `limit` octets (ending included).
+    async fn read_line(&mut self, limit: usize) -> Line {
+        let timeout = self.shared.cfg.command_timeout;
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut bytes: Vec<u8> = self.buf.drain(..=pos).collect();
+                if self.skipping {
+                    self.skipping = false;
+                    return Line::TooLong;
+                }
+                bytes.pop();
+                let crlf = bytes.last() == Some(&b'\r');
+                if crlf {
+                    bytes.pop();
+                }
+                if bytes.len() + 2 > limit {
+                    return Line::TooLong;
+                }
+                return Line::Done { bytes, crlf };
+            }
+            if self.buf.len() > limit {
+                // Keep memory bounded: drop what we have, skip to the LF.
+                self.buf.clear();
+                self.skipping = true;
+            }
+            match tokio::time::timeout(timeout, self.stream.read(&mut chunk)).await {
+                Err(_) => return Line::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => return Line::Closed,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Serves the connection to its end. `allowed`: the client's network
+    /// may relay.
+    pub async fn run(mut self, allowed: bool) {
+        let host = self.shared.hostname.clone();
+        if !allowed {
+            tracing::warn!(peer = %self.peer, "relay access denied: client not in relay.allowed_networks");
+            crate::metrics::metrics().relay_sessions_refused.inc();
+            let _ = self.refuse(&host).await;
+            return;
+        }
+        if self
+            .reply(&format!("220 {host} ESMTP mta-sts-agent"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            match self.next_command().await {
+                Ok(()) => {}
+                Err(End::Quit) => {
+                    let _ = self.reply("221 2.0.0 Bye").await;
+                    break;
+                }
+                Err(End::Hangup) => break,
+            }
+        }
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+
+    /// RFC 5321 §3.1: a server that will not serve a client answers 554
+    /// and then only QUIT; we hang up after a few commands.
+    async fn refuse(&mut self, host: &str) -> Step {
+        self.reply(&format!("554 5.7.1 {host} relay access denied"))
+            .await?;
+        for _ in 0..10 {
+            match self.read_line(MAX_COMMAND_LINE).await {
+                Line::Done { bytes, .. } => {
+                    if bytes.eq_ignore_ascii_case(b"QUIT") {
+                        return self.reply("221 2.0.0 Bye").await;
+                    }
+                    self.reply("503 5.7.1 relay access denied").await?;
+                }
+                Line::TooLong => self.reply("500 5.5.2 Line too long").await?,
+                Line::Closed | Line::TimedOut => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn error(&mut self, reply: &str) -> Step {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            tracing::warn!(peer = %self.peer, "too many errors; closing the session");
+            let _ = self.reply("421 4.7.0 Too many errors, closing").await;
+            return Err(End::Hangup);
+        }
+        self.reply(reply).await
+    }
+
+    async fn next_command(&mut self) -> Step {
+        let line = match self.read_line(MAX_COMMAND_LINE).await {
+            Line::Done { bytes, .. } => bytes,
+            Line::TooLong => return self.error("500 5.5.2 Line too long").await,
+            Line::Closed => return Err(End::Hangup),
+            Line::TimedOut => {
+                tracing::info!(peer = %self.peer, "client idle too long; closing");
+                let _ = self.reply("421 4.4.2 Timeout, closing").await;
+                return Err(End::Hangup);
+            }
+        };
+        self.commands += 1;
+        if self.commands > self.shared.cfg.max_commands {
+            let _ = self.reply("421 4.7.0 Too many commands, closing").await;
+            return Err(End::Hangup);
+        }
+        let cmd = match command::parse(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, reply = %e.reply(), "bad command");
+                return self.error(&e.reply()).await;
+            }
+        };
+        match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true).await,
+            Command::Helo(name) => self.ehlo(name, false).await,
+            Command::Mail { from, params } => self.mail(from, params).await,
+            Command::Rcpt { to } => self.rcpt(to).await,
+            Command::Data => self.data().await,
+            Command::Rset => {
+                self.tx = None;
+                self.reply("250 2.0.0 Ok").await
+            }
+            Command::Noop => self.reply("250 2.0.0 Ok").await,
+            Command::Quit => Err(End::Quit),
+            Command::Help => self.reply("214 2.0.0 See RFC 5321").await,
+            Command::Vrfy | Command::Expn => {
+                self.error("502 5.5.1 VRFY and EXPN are disabled").await
+            }
+            Command::StartTls => self.starttls().await,
+            Command::Auth { .. } => {
+                self.error("502 5.5.1 AUTH not available; access is by client network")
+                    .await
+            }
+        }
+    }
+
+    async fn ehlo(&mut self, name: String, esmtp: bool) -> Step {
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        self.tx = None;
+        let host = self.shared.hostname.clone();
+        if !esmtp {
+            return self.reply(&format!("250 {host}")).await;
+        }
+        let mut lines = vec![
+            host,
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.shared.cfg.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
+        if self.shared.tls.is_some() && !self.tls {
+            lines.push("STARTTLS".to_string());
+        }
+        let n = lines.len();
+        let mut text = String::new();
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            text.push_str(&format!("250{sep}{l}\r\n"));
+        }
+        self.write(&text).await
+    }
+
+    async fn starttls(&mut self) -> Step {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            return self.error("502 5.5.1 STARTTLS not available").await;
+        };
+        if self.tls {
+            return self.error("503 5.5.1 TLS already active").await;
+        }
+        self.reply("220 2.0.0 Ready to start TLS").await?;
+        // RFC 3207 §4.2: anything pipelined after STARTTLS is discarded,
+        // never read as if it came over TLS.
+        self.buf.clear();
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(End::Hangup);
+        };
+        match tokio::time::timeout(self.shared.cfg.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                self.tls = true;
+                // RFC 3207 §4.2: forget everything learned before TLS.
+                self.helo = None;
+                self.tx = None;
+                Ok(())
+            }
+            _ => {
+                tracing::info!(peer = %self.peer, "STARTTLS handshake with client failed");
+                Err(End::Hangup)
+            }
+        }
+    }
+
+    async fn mail(&mut self, from: String, params: MailParams) -> Step {
+        if self.helo.is_none() {
+            return self.error("503 5.5.1 Send EHLO or HELO first").await;
+        }
+        if self.tx.is_some() {
+            return self.error("503 5.5.1 Nested MAIL command").await;
+        }
+        if params.smtputf8 && !self.esmtp {
+            return self.error("503 5.5.1 SMTPUTF8 needs EHLO").await;
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.shared.cfg.max_message_size)
+        {
+            return self
+                .reply("552 5.3.4 Message size exceeds fixed limit")
+                .await;
+        }
+        self.tx = Some(Transaction {
+            sender: from,
+            params,
+            rcpts: Vec::new(),
+        });
+        self.reply("250 2.1.0 Ok").await
+    }
+
+    async fn rcpt(&mut self, to: String) -> Step {
+        let max = self.shared.cfg.max_recipients;
+        let Some(tx) = &self.tx else {
+            return self.error("503 5.5.1 Need MAIL before RCPT").await;
+        };
+        if !to.is_ascii() && !tx.params.smtputf8 {
+            return self
+                .reply("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter")
+                .await;
+        }
+        if tx.rcpts.len() >= max {
+            return self.reply("452 4.5.3 Too many recipients").await;
+        }
+        let Some((_, domain)) = command::split_mailbox(&to) else {
+            // RFC 5321 §4.5.1 postmaster without a domain: we hold no
+            // mailboxes, so there is nowhere to deliver it.
+            return self
+                .reply("550 5.1.1 This relay has no local mailboxes")
+                .await;
+        };
+        if domain.starts_with('[') {
+            return self
+                .reply("550 5.1.2 Address literals are not relayed")
+                .await;
+        }
+        if crate::policy::normalize_domain(&domain).is_err() || !domain.contains('.') {
+            return self.reply("550 5.1.2 Bad destination domain").await;
+        }
+        if let Some(tx) = &mut self.tx {
+            tx.rcpts.push(to);
+        }
+        self.reply("250 2.1.5 Ok").await
+    }
+
+    async fn data(&mut self) -> Step {
+        let Some(tx) = self.tx.take() else {
+            return self.error("503 5.5.1 Need MAIL command").await;
+        };
+        if tx.rcpts.is_empty() {
+            return self.error("554 5.5.1 No valid recipients").await;
+        }
+        let envelope = Envelope {
+            id: String::new(),
+            sender: tx.sender.clone(),
+            recipients: tx.rcpts.clone(),
+            arrival: unix_now(),
+            client: format!(
+                "{} ({})",
+                self.peer.ip(),
+                self.helo.clone().unwrap_or_default()
+            ),
+            smtputf8: tx.params.smtputf8,
+            body_8bit: tx.params.body_8bit,
+        };
+        let writer = match self.shared.queue.spool().create(envelope) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cannot create a spool file");
+                return self
+                    .reply("451 4.3.0 Local error: cannot queue messages now")
+                    .await;
+            }
+        };
+        self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
+        let mut writer = writer;
+        let proto = match (self.esmtp, self.tls) {
+            (true, true) => "ESMTPS",
+            (true, false) => "ESMTP",
+            (false, true) => "SMTPS",
+            (false, false) => "SMTP",
+        };
+        let for_clause = match tx.rcpts.as_slice() {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        let received = format!(
+            "Received: from {} ({})\r\n\tby {} (mta-sts-agent) with {proto} id {}{for_clause};\r\n\t{}\r\n",
+            self.helo.as_deref().unwrap_or("unknown"),
+            self.peer.ip(),
+            self.shared.hostname,
+            writer.id(),
+            super::dsn::rfc5322_date(unix_now()),
+        );
+        let max = self.shared.cfg.max_message_size;
+        let mut io_error: Option<io::Error> = writer.write(received.as_bytes()).err();
+        let mut too_big = false;
+        let mut overlong = false;
+        let mut eight_bit = false;
+        let mut prev_crlf = true;
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        loop {
+            let (bytes, crlf) = match self.read_line(MAX_DATA_LINE).await {
+                Line::Done { bytes, crlf } => (bytes, crlf),
+                Line::TooLong => {
+                    overlong = true;
+                    prev_crlf = false;
+                    continue;
+                }
+                // Nothing was acknowledged; the spool file goes with `writer`.
+                Line::Closed => return Err(End::Hangup),
+                Line::TimedOut => {
+                    let _ = self.reply("421 4.4.2 Timeout during DATA, closing").await;
+                    return Err(End::Hangup);
+                }
+            };
+            if bytes == b"." && crlf && prev_crlf {
+                break;
+            }
+            prev_crlf = crlf;
+            // RFC 5321 §4.5.2: remove the leading dot of a stuffed line.
+            let body = bytes.strip_prefix(b".").unwrap_or(&bytes);
+            if writer.size() + out.len() as u64 + body.len() as u64 + 2 > max {
+                too_big = true;
+            }
+            if too_big || overlong || io_error.is_some() {
+                continue;
+            }
+            eight_bit |= !body.is_ascii();
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n");
+            if out.len() >= 64 * 1024 {
+                if let Err(e) = writer.write(&out) {
+                    io_error = Some(e);
+                }
+                out.clear();
+            }
+        }
+        if too_big {
+            return self
+                .reply("552 5.3.4 Message size exceeds fixed limit")
+                .await;
+        }
+        if overlong {
+            return self
+                .error(&format!(
+                    "500 5.5.2 Message has a line longer than {MAX_DATA_LINE} octets"
+                ))
+                .await;
+        }
+        if io_error.is_none() && !out.is_empty() {
+            io_error = writer.write(&out).err();
+        }
+        if let Some(e) = io_error {
+            tracing::error!(peer = %self.peer, error = %e, "cannot write to the spool");
+            return self
+                .reply("451 4.3.0 Local error: cannot queue messages now")
+                .await;
+        }
+        let committed = tokio::task::spawn_blocking(move || writer.commit()).await;
+        match committed {
+            Ok(Ok(mut msg)) => {
+                if eight_bit && !msg.envelope.body_8bit {
+                    // Remembered in memory only: the delivery asks for
+                    // 8BITMIME when the client forgot to declare it.
+                    msg.envelope.body_8bit = true;
+                }
+                let id = msg.envelope.id.clone();
+                tracing::info!(
+                    queue_id = %id,
+                    peer = %self.peer,
+                    from = %msg.envelope.sender,
+                    rcpts = msg.envelope.recipients.len(),
+                    size = msg.size,
+                    "message accepted"
+                );
+                self.shared.queue.accept(msg);
+                self.reply(&format!("250 2.0.0 Ok: queued as {id}")).await
+            }
+            Ok(Err(e)) => {
+                tracing::error!(peer = %self.peer, error = %e, "cannot commit the message to the spool");
+                self.reply("451 4.3.0 Local error: cannot queue messages now")
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "spool task failed");
+                self.reply("451 4.3.0 Local error: cannot queue messages now")
+                    .await
+            }
+        }
+    }
+}
