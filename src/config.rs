@@ -382,6 +382,13 @@ pub struct MapConfig {
     /// `.example.net` as "any depth"; RFC 8461's `*.example.net` is exactly
     /// one label, and this holds Postfix to it on every version.
     pub match_current_mx: bool,
+    /// Postfix >= 3.10 only: append Postfix's TLSRPT attributes
+    /// (`policy_type=sts policy_domain=… mx_host_pattern=…
+    /// { policy_string = … }`, Postfix's TLSRPT_README) to enforce replies,
+    /// so that a Postfix built with TLSRPT support reports on MTA-STS
+    /// deliveries. Off by default: Postfix before 3.10 rejects these
+    /// attributes as invalid and defers the mail.
+    pub tlsrpt: bool,
 }
 
 impl Default for MapConfig {
@@ -390,6 +397,7 @@ impl Default for MapConfig {
             testing_as_enforce: false,
             servername: true,
             match_current_mx: false,
+            tlsrpt: false,
         }
     }
 }

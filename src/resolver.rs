@@ -41,6 +41,18 @@ pub struct MxSet {
     fresh_until: Instant,
 }
 
+#[cfg(test)]
+impl MxSet {
+    /// An MX set as a lookup would return it, for the reply tests.
+    pub(crate) fn for_test(hosts: &[&str], null_mx: bool) -> MxSet {
+        MxSet {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            null_mx,
+            fresh_until: Instant::now(),
+        }
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone)]
 pub enum Answer {

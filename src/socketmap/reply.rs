@@ -2,8 +2,9 @@
 //! only renders it in the `smtp_tls_policy_maps` syntax.
 
 use crate::config::MapConfig;
+use crate::policy::{normalize_domain, Policy};
 use crate::resolver::{is_enforcing, Answer, MxSet};
-use crate::store::{StoreError, StoredPolicy};
+use crate::store::{PolicySource, StoreError, StoredPolicy};
 
 use super::MAX_REPLY;
 
@@ -15,6 +16,8 @@ use super::MAX_REPLY;
 /// - testing, none, no policy → `NOTFOUND `: Postfix uses its default TLS level.
 /// - the store failed → `TEMP`: Postfix defers, which is right because we
 ///   cannot tell whether an enforce policy exists.
+/// - maps with `tlsrpt`: enforce replies carry Postfix's TLSRPT attributes,
+///   see [`tlsrpt_attributes`]; every other reply is unchanged.
 pub fn render(answer: &Result<Answer, StoreError>, map: &MapConfig) -> String {
     render_with_mx(answer, map, None)
 }
@@ -72,7 +75,7 @@ pub fn render_with_mx(
             policy.domain
         ));
     }
-    out
+    with_tlsrpt(out, policy, map)
 }
 
 fn render_current(p: &StoredPolicy, map: &MapConfig, mx: &MxSet) -> String {
@@ -107,7 +110,170 @@ fn render_current(p: &StoredPolicy, map: &MapConfig, mx: &MxSet) -> String {
             p.domain
         ));
     }
-    out
+    with_tlsrpt(out, p, map)
+}
+
+// ---------------------------------------------------------------------------
+// Postfix TLSRPT attributes (maps with `tlsrpt = true`). Every rule about them
+// lives here. Sources (Postfix source tree, github.com/vdukhovni/postfix):
+//
+// - README_FILES/TLSRPT_README, "MTA-STS Support via smtp_tls_policy_maps":
+//   the plugin answers "the usual security level and matching requirements,
+//   plus" `policy_type=sts|no-policy-found`, `policy_domain=name`,
+//   `policy_ttl=time`, `{ policy_string = value }` once per policy line
+//   ("Specify { name = value } when a value may contain whitespace"),
+//   `mx_host_pattern=pattern` once per `mx:` line, and
+//   `policy_failure=sts-policy-fetch-error|sts-policy-invalid|
+//   sts-webpki-invalid|validation-failure`. "Postfix 3.10 and later will
+//   accept these attributes … even if TLSRPT support is disabled"; "it is an
+//   error to specify these attributes for a non-STS policy".
+// - src/smtp/smtp.h: the names (EXT_POLICY_TTL "policy_ttl", EXT_POLICY_TYPE
+//   "policy_type", EXT_POLICY_DOMAIN "policy_domain", EXT_POLICY_STRING
+//   "policy_string", EXT_MX_HOST_PATTERN "mx_host_pattern",
+//   EXT_POLICY_FAILURE "policy_failure").
+// - src/smtp/smtp_tls_policy.c, tls_policy_lookup_one(): the reply is split
+//   with mystrtokq(&policy, CHARS_COMMA_SP, CHARS_BRACE), i.e. on runs of
+//   ", \t\r\n" outside balanced "{}"; a token starting with "{" is unwrapped
+//   by extpar(.., CHARS_BRACE, EXTPAR_FLAG_STRIP | EXTPAR_FLAG_NORMAL_WS)
+//   (text after the closing brace is an error); then split_nameval() cuts
+//   at the first "=" and trims whitespace around name and value. An unknown
+//   name, a repeated single-instance attribute, an invalid policy_type or
+//   policy_failure, or a policy_domain that fails valid_hostname() makes the
+//   whole policy invalid: Postfix defers the mail ("4.7.5 client TLS
+//   configuration problem"). Postfix before 3.10 knows none of these names
+//   and rejects every such reply the same way: hence the option, off by
+//   default.
+// - src/smtp/smtp_tlsrpt.c, smtp_tlsrpt_set_ext_policy(): for policy_type=sts
+//   Postfix dereferences its policy_string and mx_host_pattern lists without
+//   a null check, so both are always sent, at least one of each.
+//
+// Decisions:
+// - Only enforce replies (and testing ones on testing_as_enforce maps) carry
+//   the attributes. A testing policy could only be reported with a level of
+//   our choosing (`may …`), which would override the administrator's own
+//   smtp_tls_security_level (say `dane` or `encrypt`): it stays NOTFOUND.
+// - No policy_failure, ever. TLSRPT_README: it "forces MTA-STS policy
+//   enforcement to fail with the indicated error", i.e. Postfix would refuse
+//   delivery. For a domain whose policy could not be fetched (and that has
+//   none cached) RFC 8461 §5 says deliver as without a policy, so that stays
+//   NOTFOUND; there is no failure reply that leaves the security level alone.
+// - No policy_ttl: Postfix's per-process cache of the reply is short-lived
+//   already, and our answer may change whenever the policy is refreshed.
+// - Administrator overrides get no attributes: they are not the domain's
+//   policy, and its TLS-RPT reports must not describe them as such.
+// - mx_host_pattern is the policy's own form (`*.example.net`, not Postfix's
+//   `.example.net`), all patterns of the policy even on match_current_mx maps.
+// - policy_string: one per non-empty line of the policy as served, CR
+//   stripped; each character Postfix could not carry verbatim inside
+//   `{ policy_string = … }` is replaced (ASCII controls by a space, since
+//   Postfix normalises whitespace anyway; "{", "}" and non-ASCII by "?"),
+//   runs of spaces are collapsed and the ends trimmed (split_nameval trims),
+//   so each value round-trips exactly and no line can open or close a brace,
+//   start another attribute or cut the reply. A stored policy without its
+//   text gets the lines rebuilt from the parsed policy.
+// - If anything cannot be rendered, or the reply would exceed Postfix's
+//   100000-byte socketmap reply limit, the reply goes out without the
+//   attributes: the security level never depends on reporting.
+// ---------------------------------------------------------------------------
+
+/// Appends the TLSRPT attributes to an enforce reply when the map asks for
+/// them and they fit.
+fn with_tlsrpt(mut reply: String, p: &StoredPolicy, map: &MapConfig) -> String {
+    if !map.tlsrpt {
+        return reply;
+    }
+    match tlsrpt_attributes(p, MAX_REPLY.saturating_sub(reply.len())) {
+        Some(attributes) => reply.push_str(&attributes),
+        None => tracing::debug!(
+            domain = %p.domain,
+            "TLSRPT attributes left out of the reply (override, unrenderable or too large)"
+        ),
+    }
+    reply
+}
+
+/// The TLSRPT attributes for `p`, each preceded by a space, or `None` when
+/// they cannot be rendered safely or would be longer than `room` bytes. See
+/// the rules above.
+pub fn tlsrpt_attributes(p: &StoredPolicy, room: usize) -> Option<String> {
+    if !matches!(p.source, PolicySource::Fetched) {
+        return None;
+    }
+    // Postfix checks policy_domain with valid_hostname(); ours is stricter.
+    let domain = normalize_domain(&p.domain).ok()?;
+    let mut out = format!(" policy_type=sts policy_domain={domain}");
+    // Deduplicated like match= (stored policies bypass the parser).
+    let mut seen = std::collections::HashSet::with_capacity(p.policy.mx.len());
+    for pattern in &p.policy.mx {
+        if !seen.insert(pattern) {
+            continue;
+        }
+        let form = pattern.to_string();
+        if !form
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*'))
+        {
+            return None;
+        }
+        out.push_str(" mx_host_pattern=");
+        out.push_str(&form);
+        if out.len() > room {
+            return None;
+        }
+    }
+    if seen.is_empty() {
+        return None;
+    }
+    let mut lines = policy_strings(&p.body);
+    if lines.is_empty() {
+        lines = rebuilt_policy_strings(&p.policy);
+    }
+    for line in lines {
+        out.push_str(" { policy_string = ");
+        out.push_str(&line);
+        out.push_str(" }");
+        if out.len() > room {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// The `policy_string` values of a policy text: one per non-empty line,
+/// made safe inside `{ policy_string = … }` (see the rules above).
+pub fn policy_strings(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|line| {
+            let mut value = String::with_capacity(line.len());
+            for c in line.chars() {
+                let c = match c {
+                    '{' | '}' => '?',
+                    ' '..='~' => c,
+                    c if c.is_ascii_control() => ' ',
+                    _ => '?',
+                };
+                if c == ' ' && (value.is_empty() || value.ends_with(' ')) {
+                    continue;
+                }
+                value.push(c);
+            }
+            if value.ends_with(' ') {
+                value.pop();
+            }
+            (!value.is_empty()).then_some(value)
+        })
+        .collect()
+}
+
+/// Policy lines for a stored policy whose text was not kept.
+fn rebuilt_policy_strings(policy: &Policy) -> Vec<String> {
+    let mut lines = vec![
+        "version: STSv1".to_string(),
+        format!("mode: {}", policy.mode),
+    ];
+    lines.extend(policy.mx.iter().map(|m| format!("mx: {m}")));
+    lines.push(format!("max_age: {}", policy.max_age));
+    lines
 }
 
 /// A TEMP reply with a reason Postfix can log: one line of printable text.
@@ -156,7 +322,221 @@ mod tests {
             testing_as_enforce,
             servername,
             match_current_mx: false,
+            tlsrpt: false,
         }
+    }
+
+    fn tlsrpt_map(servername: bool) -> MapConfig {
+        MapConfig {
+            tlsrpt: true,
+            ..map(false, servername)
+        }
+    }
+
+    /// A fetched enforce policy of `domain` with exactly this text.
+    fn with_body(domain: &str, body: &str) -> Result<Answer, StoreError> {
+        let policy = parse_policy(body.as_bytes()).unwrap().policy;
+        Ok(Answer::Policy(Arc::new(StoredPolicy {
+            domain: domain.into(),
+            id: "1".into(),
+            policy,
+            body: body.into(),
+            fetched_at: 0,
+            source: Default::default(),
+        })))
+    }
+
+    const TWO_PATTERNS: &str =
+        "version: STSv1\nmode: enforce\nmx: mx1.example.test\nmx: *.example.net\nmax_age: 86400\n";
+    const TWO_PATTERNS_TLSRPT: &str = " policy_type=sts policy_domain=example.test \
+        mx_host_pattern=mx1.example.test mx_host_pattern=*.example.net \
+        { policy_string = version: STSv1 } { policy_string = mode: enforce } \
+        { policy_string = mx: mx1.example.test } { policy_string = mx: *.example.net } \
+        { policy_string = max_age: 86400 }";
+
+    #[test]
+    fn tlsrpt_enforce_with_two_patterns_and_servername_on_or_off() {
+        let a = with_body("example.test", TWO_PATTERNS);
+        assert_eq!(
+            render(&a, &tlsrpt_map(true)),
+            format!(
+                "OK secure match=mx1.example.test:.example.net servername=hostname{TWO_PATTERNS_TLSRPT}"
+            )
+        );
+        assert_eq!(
+            render(&a, &tlsrpt_map(false)),
+            format!("OK secure match=mx1.example.test:.example.net{TWO_PATTERNS_TLSRPT}")
+        );
+        // Off (the default): the reply Postfix < 3.10 accepts, unchanged.
+        assert!(!MapConfig::default().tlsrpt);
+        assert_eq!(
+            render(&a, &MapConfig::default()),
+            "OK secure match=mx1.example.test:.example.net servername=hostname"
+        );
+    }
+
+    #[test]
+    fn tlsrpt_with_match_current_mx_keeps_the_policy_patterns() {
+        let a = with_body("example.test", TWO_PATTERNS);
+        let m = MapConfig {
+            match_current_mx: true,
+            ..tlsrpt_map(true)
+        };
+        let mx = MxSet::for_test(
+            &["a.b.example.net", "mx2.example.net", "mx1.example.test"],
+            false,
+        );
+        assert_eq!(
+            render_with_mx(&a, &m, Some(&mx)),
+            format!(
+                "OK secure match=mx2.example.net:mx1.example.test servername=hostname{TWO_PATTERNS_TLSRPT}"
+            )
+        );
+        // A deferral stays a bare TEMP.
+        let none = MxSet::for_test(&["a.b.example.net"], false);
+        assert!(render_with_mx(&a, &m, Some(&none)).starts_with("TEMP no current MX host"));
+        let null = MxSet::for_test(&[], true);
+        assert!(render_with_mx(&a, &m, Some(&null))
+            .starts_with("TEMP example.test publishes a null MX"));
+    }
+
+    #[test]
+    fn tlsrpt_only_on_enforced_replies() {
+        let m = tlsrpt_map(true);
+        assert_eq!(render(&answer("testing", &["a.test"]), &m), "NOTFOUND ");
+        assert_eq!(render(&answer("none", &[]), &m), "NOTFOUND ");
+        // A failed fetch without a cached policy: deliver as without MTA-STS
+        // (RFC 8461 §5); a policy_failure would make Postfix refuse delivery.
+        for why in [
+            NoPolicy::Backoff("policy fetch failed: HTTP 500".into()),
+            NoPolicy::NoRecord("NXDOMAIN".into()),
+            NoPolicy::Pending,
+        ] {
+            assert_eq!(render(&Ok(Answer::NoPolicy(why)), &m), "NOTFOUND ");
+        }
+        let e: Result<Answer, StoreError> = Err(StoreError("disk".into()));
+        assert_eq!(render(&e, &m), "TEMP policy store: disk");
+        // testing_as_enforce: enforced, so reported, with the policy's own mode.
+        let strict = MapConfig {
+            testing_as_enforce: true,
+            ..tlsrpt_map(false)
+        };
+        assert_eq!(
+            render(&answer("testing", &["a.test"]), &strict),
+            "OK secure match=a.test policy_type=sts policy_domain=example.test \
+             mx_host_pattern=a.test { policy_string = version: STSv1 } \
+             { policy_string = mode: testing } { policy_string = max_age: 86400 } \
+             { policy_string = mx: a.test }"
+        );
+    }
+
+    #[test]
+    fn tlsrpt_policy_lines_cannot_inject_attributes() {
+        let body = "version: STSv1\r\n\
+                    mode: enforce\r\n\
+                    \r\n\
+                    mx: mx1.example.test\r\n\
+                    x-close: } match=.evil.test {\r\n\
+                    x-open: { policy_failure = sts-webpki-invalid\n\
+                    x-list: a, b=c,,d\n\
+                    x-ctl: a\tb\x00c\rd\x7fe\x0bf\n\
+                    x-utf8: b\u{fc}cher \u{a0}\u{2028}x\n\
+                    x-pad:   spaced   out  \t\n\
+                    max_age: 86400";
+        let reply = render(&with_body("example.test", body), &tlsrpt_map(false));
+        assert_eq!(
+            reply,
+            "OK secure match=mx1.example.test policy_type=sts policy_domain=example.test \
+             mx_host_pattern=mx1.example.test { policy_string = version: STSv1 } \
+             { policy_string = mode: enforce } { policy_string = mx: mx1.example.test } \
+             { policy_string = x-close: ? match=.evil.test ? } \
+             { policy_string = x-open: ? policy_failure = sts-webpki-invalid } \
+             { policy_string = x-list: a, b=c,,d } { policy_string = x-ctl: a b c d e f } \
+             { policy_string = x-utf8: b?cher ??x } { policy_string = x-pad: spaced out } \
+             { policy_string = max_age: 86400 }"
+        );
+        // Structure: one brace pair per policy line, nothing else braced,
+        // and the reply is one line of printable ASCII.
+        let lines = policy_strings(body);
+        assert_eq!(lines.len(), 10);
+        assert_eq!(reply.matches('{').count(), lines.len());
+        assert_eq!(reply.matches('}').count(), lines.len());
+        assert!(
+            reply.bytes().all(|b| (b' '..=b'~').contains(&b)),
+            "{reply:?}"
+        );
+        // Text the parser refuses can still come back from a store.
+        assert_eq!(policy_strings(" \t a: b\x0c\n\r\n\x00"), ["a: b"]);
+        for line in &lines {
+            assert_eq!(line.trim(), line);
+            assert!(
+                !line.contains("  ") && !line.contains(['{', '}']),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tlsrpt_left_out_when_too_large_or_not_the_domains_policy() {
+        // 64 KiB of policy text becomes ~170 KB of attributes: over
+        // Postfix's 100000-byte reply limit, so the plain reply goes out.
+        let mut body =
+            String::from("version: STSv1\nmode: enforce\nmx: mx1.example.test\nmax_age: 86400\n");
+        while body.len() < 65_536 {
+            body.push_str("x: y\n");
+        }
+        let reply = render(&with_body("example.test", &body), &tlsrpt_map(true));
+        assert_eq!(
+            reply,
+            "OK secure match=mx1.example.test servername=hostname"
+        );
+
+        // Exactly at the limit: everything; one more line: nothing.
+        let head = "version: STSv1\nmode: enforce\nmx: mx1.example.test\nmax_age: 86400\n";
+        let base = render(&with_body("example.test", head), &tlsrpt_map(true));
+        let extra = " { policy_string = x: y }".len();
+        let fit = (MAX_REPLY - base.len()) / extra;
+        let pad = MAX_REPLY - base.len() - fit * extra;
+        // Pad the first line so that the reply is exactly MAX_REPLY bytes.
+        let body = format!(
+            "x: {}\n{head}{}",
+            "y".repeat(pad + 1),
+            "x: y\n".repeat(fit - 1)
+        );
+        let full = render(&with_body("example.test", &body), &tlsrpt_map(true));
+        assert_eq!(full.len(), MAX_REPLY);
+        assert!(full.ends_with("{ policy_string = x: y }"));
+        let over = render(
+            &with_body("example.test", &format!("{body}x: y\n")),
+            &tlsrpt_map(true),
+        );
+        assert_eq!(over, "OK secure match=mx1.example.test servername=hostname");
+
+        // An administrator's override is not the domain's policy.
+        let Ok(Answer::Policy(p)) = with_body("example.test", TWO_PATTERNS) else {
+            unreachable!()
+        };
+        let mut o = (*p).clone();
+        o.source = crate::store::PolicySource::Override {
+            reason: "pinned".into(),
+        };
+        assert_eq!(
+            render(&Ok(Answer::Policy(Arc::new(o))), &tlsrpt_map(false)),
+            "OK secure match=mx1.example.test:.example.net"
+        );
+    }
+
+    #[test]
+    fn tlsrpt_rebuilds_the_lines_of_a_policy_stored_without_its_text() {
+        let Ok(Answer::Policy(p)) = with_body("example.test", TWO_PATTERNS) else {
+            unreachable!()
+        };
+        let mut bare = (*p).clone();
+        bare.body = " \r\n\n".into();
+        assert_eq!(
+            render(&Ok(Answer::Policy(Arc::new(bare))), &tlsrpt_map(false)),
+            format!("OK secure match=mx1.example.test:.example.net{TWO_PATTERNS_TLSRPT}")
+        );
     }
 
     #[test]

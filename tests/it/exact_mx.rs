@@ -20,6 +20,7 @@ async fn server(w: &World) -> Server {
             testing_as_enforce: false,
             servername: true,
             match_current_mx: true,
+            tlsrpt: false,
         },
     );
     Server::start(w, config).await

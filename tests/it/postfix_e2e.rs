@@ -258,6 +258,7 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
                             deep.connections(),
                             deep.messages().len(),
                             good.messages().len(),
+                    tlsrpt: false,
                         ));
                     }
                     Ok(Ask::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,

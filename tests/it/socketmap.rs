@@ -236,6 +236,7 @@ async fn each_map_applies_its_own_settings() {
             testing_as_enforce: true,
             servername: false,
             match_current_mx: false,
+            tlsrpt: false,
         },
     );
     let server = Server::start(&world, config).await;
