@@ -74,6 +74,10 @@ pub struct RelayConfig {
     /// neither.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// Users who may relay from anywhere after STARTTLS and AUTH (PLAIN or
+    /// LOGIN): lines made by `mta-sts-agent relay-password USER`. Unset:
+    /// no AUTH, only `allowed_networks` may relay.
+    pub auth_users_file: Option<PathBuf>,
     /// Waits between delivery attempts of one domain; the last repeats.
     #[serde(with = "duration_list")]
     pub retry_schedule: Vec<Duration>,
@@ -112,6 +116,7 @@ impl Default for RelayConfig {
             command_timeout: m(5),
             tls_cert_file: None,
             tls_key_file: None,
+            auth_users_file: None,
             retry_schedule: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
             queue_lifetime: Duration::from_secs(5 * 86_400),
             max_deliveries: 20,
@@ -567,6 +572,13 @@ impl Config {
                 "relay.tls_cert_file",
                 format!("{:?}", r.tls_cert_file),
                 "set both relay.tls_cert_file and relay.tls_key_file, or neither",
+            ));
+        }
+        if r.auth_users_file.is_some() && r.tls_cert_file.is_none() {
+            return Err(invalid(
+                "relay.auth_users_file",
+                format!("{:?}", r.auth_users_file),
+                "AUTH is offered only over TLS: set relay.tls_cert_file and relay.tls_key_file too",
             ));
         }
         if let Some(h) = &r.hostname {

@@ -60,6 +60,9 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Print a relay.auth_users_file line for USER; the password is read
+    /// from standard input (one line).
+    RelayPassword { user: String },
     /// The relay queue: list, flush (retry now) or delete messages, like
     /// postqueue -p / postqueue -f / postsuper -d.
     Queue {
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
             };
             runtime.block_on(policy_command(config, req, json))
         }
+        Command::RelayPassword { user } => relay_password(&user),
         Command::Check { .. } => Ok(()), // handled above, before the config is loaded
         Command::Bench { what } => runtime.block_on(bench(what)),
         Command::Config => toml::to_string_pretty(&config)
@@ -229,6 +233,24 @@ async fn query(
         Ok(Answer::NoPolicy(why)) => eprintln!("{domain}: {why}"),
         Err(e) => eprintln!("{domain}: {e}"),
     }
+    Ok(())
+}
+
+fn relay_password(user: &str) -> Result<(), String> {
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err("empty password on standard input".to_string());
+    }
+    let line = mta_sts_agent::relay::auth::password_line(
+        user,
+        password.as_bytes(),
+        mta_sts_agent::relay::auth::ITERATIONS,
+    )?;
+    println!("{line}");
     Ok(())
 }
 

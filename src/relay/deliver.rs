@@ -284,7 +284,12 @@ impl Deliverer {
                 match self.attempt(job, &mode, host, addr).await {
                     Attempt::Done(results) => return results,
                     Attempt::Next(why) => {
-                        failures.push(format!("{host}[{ip}]: {}", why.reason));
+                        match &why.reply {
+                            Some(reply) => {
+                                failures.push(format!("{host}[{ip}]: {}: {reply}", why.reason))
+                            }
+                            None => failures.push(format!("{host}[{ip}]: {}", why.reason)),
+                        }
                         last = why;
                     }
                 }
@@ -345,7 +350,7 @@ impl Deliverer {
             mx = %mx,
             addr = %addr,
             tls = %tls,
-            mode = mode.label(),
+            mode = %mode.label(),
             result = %result,
             reply = %reply,
             "delivery attempt"

@@ -5,6 +5,7 @@
 //! policy from the shared [`Resolver`](crate::resolver::Resolver). Failed
 //! recipients are reported to the sender with an RFC 3464 bounce ([`dsn`]).
 
+pub mod auth;
 pub mod command;
 pub mod deliver;
 pub mod dsn;
@@ -69,6 +70,10 @@ impl Relay {
             networks: config.relay_networks().map_err(|e| e.to_string())?,
             queue: queue.clone(),
             tls: server::tls_acceptor(&config.relay)?,
+            users: match &config.relay.auth_users_file {
+                Some(path) => Some(Arc::new(auth::Users::load(path)?)),
+                None => None,
+            },
         });
         Ok(Relay { queue, shared })
     }

@@ -22,6 +22,8 @@ pub struct Shared {
     pub queue: Queue,
     /// Present when `relay.tls_cert_file` is set: STARTTLS is offered.
     pub tls: Option<TlsAcceptor>,
+    /// Present when `relay.auth_users_file` is set: AUTH after STARTTLS.
+    pub users: Option<Arc<super::auth::Users>>,
 }
 
 impl Shared {

@@ -125,6 +125,10 @@ pub struct Session {
     tx: Option<Transaction>,
     commands: usize,
     errors: usize,
+    /// The client's network may relay.
+    allowed: bool,
+    /// The user who authenticated (RFC 4954).
+    user: Option<String>,
 }
 
 /// Why the session ends.
@@ -149,6 +153,8 @@ impl Session {
             tx: None,
             commands: 0,
             errors: 0,
+            allowed: false,
+            user: None,
         }
     }
 
@@ -206,7 +212,10 @@ impl Session {
     /// may relay.
     pub async fn run(mut self, allowed: bool) {
         let host = self.shared.hostname.clone();
-        if !allowed {
+        self.allowed = allowed;
+        // With AUTH configured, other networks may connect and must
+        // authenticate before MAIL; without it they are refused at once.
+        if !allowed && self.shared.users.is_none() {
             tracing::warn!(peer = %self.peer, "relay access denied: client not in relay.allowed_networks");
             crate::metrics::metrics().relay_sessions_refused.inc();
             let _ = self.refuse(&host).await;
@@ -303,10 +312,7 @@ impl Session {
                 self.error("502 5.5.1 VRFY and EXPN are disabled").await
             }
             Command::StartTls => self.starttls().await,
-            Command::Auth { .. } => {
-                self.error("502 5.5.1 AUTH not available; access is by client network")
-                    .await
-            }
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await,
         }
     }
 
@@ -328,6 +334,9 @@ impl Session {
         ];
         if self.shared.tls.is_some() && !self.tls {
             lines.push("STARTTLS".to_string());
+        }
+        if self.shared.users.is_some() && self.tls {
+            lines.push("AUTH PLAIN LOGIN".to_string());
         }
         let n = lines.len();
         let mut text = String::new();
@@ -359,6 +368,7 @@ impl Session {
                 // RFC 3207 §4.2: forget everything learned before TLS.
                 self.helo = None;
                 self.tx = None;
+                self.user = None;
                 Ok(())
             }
             _ => {
@@ -368,9 +378,107 @@ impl Session {
         }
     }
 
+    /// Reads one line of an AUTH exchange; `*` cancels (RFC 4954 §4).
+    async fn auth_line(&mut self) -> Result<Option<String>, End> {
+        match self.read_line(MAX_COMMAND_LINE).await {
+            Line::Done { bytes, .. } => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                Ok((text.trim() != "*").then_some(text))
+            }
+            Line::TooLong => Ok(None),
+            Line::Closed | Line::TimedOut => Err(End::Hangup),
+        }
+    }
+
+    async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Step {
+        let Some(users) = self.shared.users.clone() else {
+            return self.error("502 5.5.1 AUTH not available").await;
+        };
+        if !self.tls {
+            return self
+                .error("538 5.7.11 Encryption required for requested authentication mechanism")
+                .await;
+        }
+        if self.user.is_some() {
+            return self.error("503 5.5.1 Already authenticated").await;
+        }
+        if self.tx.is_some() {
+            return self
+                .error("503 5.5.1 AUTH not permitted during a mail transaction")
+                .await;
+        }
+        let cancelled = "501 5.7.0 Authentication cancelled";
+        let (user, password) = match mechanism.as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    // RFC 4954 §4: "=" is an empty initial response.
+                    Some(r) if r != "=" => r,
+                    _ => {
+                        self.reply("334 ").await?;
+                        match self.auth_line().await? {
+                            Some(r) => r,
+                            None => return self.error(cancelled).await,
+                        }
+                    }
+                };
+                match super::auth::decode_plain(&response) {
+                    Some(up) => up,
+                    None => return self.error("501 5.5.2 Cannot decode the response").await,
+                }
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => r,
+                    None => {
+                        let prompt = super::auth::encode_b64(b"Username:");
+                        self.reply(&format!("334 {prompt}")).await?;
+                        match self.auth_line().await? {
+                            Some(r) => r,
+                            None => return self.error(cancelled).await,
+                        }
+                    }
+                };
+                let prompt = super::auth::encode_b64(b"Password:");
+                self.reply(&format!("334 {prompt}")).await?;
+                let pass = match self.auth_line().await? {
+                    Some(r) => r,
+                    None => return self.error(cancelled).await,
+                };
+                let user = super::auth::decode_b64(&user).and_then(|u| String::from_utf8(u).ok());
+                match (user, super::auth::decode_b64(&pass)) {
+                    (Some(u), Some(p)) => (u, p),
+                    _ => return self.error("501 5.5.2 Cannot decode the response").await,
+                }
+            }
+            _ => {
+                return self
+                    .error("504 5.5.4 Unrecognized authentication type")
+                    .await
+            }
+        };
+        let name = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))
+            .await
+            .unwrap_or(false);
+        if ok {
+            tracing::info!(peer = %self.peer, user = %name, "client authenticated");
+            self.user = Some(name);
+            self.reply("235 2.7.0 Authentication successful").await
+        } else {
+            tracing::warn!(peer = %self.peer, user = %name, "authentication failed");
+            // Slows password guessing; the error limit ends the session.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            self.error("535 5.7.8 Authentication credentials invalid")
+                .await
+        }
+    }
+
     async fn mail(&mut self, from: String, params: MailParams) -> Step {
         if self.helo.is_none() {
             return self.error("503 5.5.1 Send EHLO or HELO first").await;
+        }
+        if !self.allowed && self.user.is_none() {
+            return self.error("530 5.7.0 Authentication required").await;
         }
         if self.tx.is_some() {
             return self.error("503 5.5.1 Nested MAIL command").await;

@@ -19,6 +19,7 @@ mod fetch;
 mod fleet;
 mod packaging;
 mod postfix_e2e;
+mod postfix_relay;
 mod postmap;
 mod proxy;
 mod relay;

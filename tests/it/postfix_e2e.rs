@@ -23,7 +23,7 @@ use crate::support::https::{Behavior, PolicyHosts};
 use crate::support::smtp::{SmtpOptions, SmtpServer};
 
 /// Postfix and namespaces need root and Postfix's binaries; CI has both.
-fn available() -> bool {
+pub(crate) fn available() -> bool {
     let root = nix::unistd::Uid::effective().is_root();
     let postfix = Path::new("/usr/sbin/postfix").exists();
     if root && postfix {
@@ -36,7 +36,7 @@ fn available() -> bool {
     false
 }
 
-fn run(cmd: &mut Command) {
+pub(crate) fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -47,9 +47,33 @@ fn run(cmd: &mut Command) {
 }
 
 /// Removes the namespace, its resolv.conf and the Postfix instance.
-struct Cleanup {
-    ns: String,
-    postfix_dir: Option<PathBuf>,
+pub(crate) struct Cleanup {
+    pub ns: String,
+    pub postfix_dir: Option<PathBuf>,
+}
+
+/// Creates network namespace `ns` with `lo` up and a resolv.conf naming
+/// 127.0.0.1 (the fixture DNS). Its [`Cleanup`] removes it again.
+pub(crate) fn add_netns(ns: &str) -> Cleanup {
+    let cleanup = Cleanup {
+        ns: ns.to_string(),
+        postfix_dir: None,
+    };
+    run(Command::new("ip").args(["netns", "add", ns]));
+    run(Command::new("ip").args(["netns", "exec", ns, "ip", "link", "set", "lo", "up"]));
+    std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
+    std::fs::write(
+        format!("/etc/netns/{ns}/resolv.conf"),
+        "nameserver 127.0.0.1\n",
+    )
+    .unwrap();
+    cleanup
+}
+
+/// Moves the calling thread into network namespace `ns`.
+pub(crate) fn enter_netns(ns: &str) {
+    let netns = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open the namespace");
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
 }
 
 impl Drop for Cleanup {
@@ -90,6 +114,21 @@ enum Ask {
 }
 
 fn postfix_config(dir: &Path, ca: &Path, port: u16) {
+    let tls = format!(
+        "smtp_tls_security_level = may
+smtp_tls_CAfile = {ca}
+smtp_tls_loglevel = 1
+smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{port}:exact
+",
+        ca = ca.display()
+    );
+    postfix_instance(dir, &tls);
+}
+
+/// Writes a Postfix instance into `dir`: a main.cf for a client-only MTA
+/// (`client.test`, smtpd on 127.0.0.1:25, retries within seconds) followed by
+/// `extra`, a master.cf without chroot, and the queue and data directories.
+pub(crate) fn postfix_instance(dir: &Path, extra: &str) {
     let main_cf = format!(
         "compatibility_level = 3.6
 myhostname = client.test
@@ -110,13 +149,8 @@ minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 queue_run_delay = 1s
 smtp_connect_timeout = 5s
-smtp_tls_security_level = may
-smtp_tls_CAfile = {ca}
-smtp_tls_loglevel = 1
-smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{port}:exact
-",
+{extra}",
         dir = dir.display(),
-        ca = ca.display()
     );
     std::fs::write(dir.join("main.cf"), main_cf).unwrap();
     let services = [
@@ -157,18 +191,7 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
         return;
     }
     let ns = format!("mtsts{}", std::process::id());
-    let mut cleanup = Cleanup {
-        ns: ns.clone(),
-        postfix_dir: None,
-    };
-    run(Command::new("ip").args(["netns", "add", &ns]));
-    run(Command::new("ip").args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]));
-    std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
-    std::fs::write(
-        format!("/etc/netns/{ns}/resolv.conf"),
-        "nameserver 127.0.0.1\n",
-    )
-    .unwrap();
+    let mut cleanup = add_netns(&ns);
 
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_path_buf();
@@ -179,12 +202,10 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
     // namespace; the test talks to it over channels.
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
-    let ns_path = format!("/var/run/netns/{ns}");
+    let ns_in = ns.clone();
     let (state_dir, ca_out) = (base.join("agent-state"), ca_path.clone());
     let fixtures = std::thread::spawn(move || {
-        let netns = std::fs::File::open(&ns_path).expect("open the namespace");
-        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("enter the namespace");
+        enter_netns(&ns_in);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -237,6 +258,7 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
                     testing_as_enforce: false,
                     servername: true,
                     match_current_mx: true,
+                    tlsrpt: false,
                 },
             );
             let store = mta_sts_agent::daemon::open_store(&config, false).unwrap();
@@ -258,7 +280,6 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
                             deep.connections(),
                             deep.messages().len(),
                             good.messages().len(),
-                    tlsrpt: false,
                         ));
                     }
                     Ok(Ask::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,

@@ -996,3 +996,166 @@ fn relay_config_is_checked() {
     assert!(c.relay.listen.is_empty(), "the relay is off by default");
     assert_eq!(c.relay.queue_lifetime, Duration::from_secs(5 * 86_400));
 }
+
+#[tokio::test]
+async fn auth_lets_application_clients_relay_only_after_tls() {
+    let relay_ca = crate::support::ca::TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = relay_ca
+        .issue(&["relay.test"])
+        .write_pem(dir.path(), "relay");
+    let users = dir.path().join("users");
+    let line = mta_sts_agent::relay::auth::password_line("app", b"correct horse", 1000)
+        .expect("password line");
+    std::fs::write(&users, format!("{line}\n")).expect("users file");
+    let extra = format!(
+        "allowed_networks = [\"127.0.0.1/32\"]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nauth_users_file = \"{}\"",
+        cert.display(),
+        key.display(),
+        users.display()
+    );
+    let rig = Rig::start(
+        vec![("mx1.auth.test", 35, SmtpOptions::new("mx1.auth.test"))],
+        &extra,
+    )
+    .await;
+    rig.world.dns.set_mx("auth.test", &[(10, "mx1.auth.test")]);
+    let b64 = |s: &[u8]| mta_sts_agent::relay::auth::encode_b64(s);
+
+    // From outside the allowed networks: served, but no relaying without AUTH,
+    // and no AUTH without TLS.
+    let s = TcpSocket::new_v4().expect("socket");
+    s.bind(SocketAddr::new(IpAddr::V4(ip(98)), 0))
+        .expect("bind");
+    let tcp = s.connect(rig.addr).await.expect("connect");
+    let mut c = SmtpConn::new(tcp, Duration::from_secs(10));
+    assert_eq!(c.read_reply().await.expect("greeting").code, 220);
+    let ehlo = c.ehlo("app.test").await.expect("EHLO");
+    assert!(!ehlo.has("AUTH"), "AUTH offered before TLS");
+    let r = c
+        .command("MAIL FROM:<app@sender.test>")
+        .await
+        .expect("MAIL");
+    assert_eq!(r.code, 530, "{r}");
+    let plain = b64(b"\0app\0correct horse");
+    let r = c
+        .command(&format!("AUTH PLAIN {plain}"))
+        .await
+        .expect("AUTH");
+    assert_eq!(r.code, 538, "{r}");
+    assert_eq!(c.command("STARTTLS").await.expect("STARTTLS").code, 220);
+    let (tcp, _) = c.into_parts();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(relay_ca.cert_der()).expect("CA");
+    let prober = mta_sts_agent::tlsprobe::TlsProber::with_roots(
+        roots,
+        "relay CA".into(),
+        Duration::from_secs(5),
+    );
+    let (tls, _) = prober.handshake(tcp, "relay.test", &[]).await.expect("TLS");
+    let mut c = SmtpConn::new(tls, Duration::from_secs(10));
+    let ehlo = c.ehlo("app.test").await.expect("EHLO");
+    assert!(ehlo.extensions.contains(&"AUTH PLAIN LOGIN".to_string()));
+    let wrong = b64(b"\0app\0wrong");
+    let r = c
+        .command(&format!("AUTH PLAIN {wrong}"))
+        .await
+        .expect("AUTH");
+    assert_eq!(r.code, 535, "{r}");
+    assert_eq!(
+        c.command("MAIL FROM:<app@sender.test>")
+            .await
+            .expect("MAIL")
+            .code,
+        530
+    );
+    // LOGIN, answered step by step.
+    assert_eq!(c.command("AUTH LOGIN").await.expect("AUTH").code, 334);
+    assert_eq!(c.command(&b64(b"app")).await.expect("user").code, 334);
+    let r = c.command(&b64(b"correct horse")).await.expect("password");
+    assert_eq!(r.code, 235, "{r}");
+    assert!(c
+        .command("MAIL FROM:<app@sender.test>")
+        .await
+        .expect("MAIL")
+        .is_positive());
+    assert!(c
+        .command("RCPT TO:<bob@auth.test>")
+        .await
+        .expect("RCPT")
+        .is_positive());
+    assert_eq!(c.command("DATA").await.expect("DATA").code, 354);
+    let msg = message("auth", "app@sender.test", "bob@auth.test", "hi\r\n");
+    c.write_raw(&stuffed(&msg)).await.expect("body");
+    assert_eq!(c.read_reply().await.expect("end").code, 250);
+    c.quit().await;
+    assert!(rig.wait_empty(LIMIT).await);
+    assert_eq!(received_with(&rig.mx[0], "auth"), 1);
+
+    // AUTH needs TLS configured: refused at start-up otherwise.
+    let err = Config::parse(
+        "[relay]\nauth_users_file = \"/etc/users\"",
+        std::path::Path::new("t.toml"),
+    )
+    .expect_err("AUTH without TLS")
+    .to_string();
+    assert!(err.contains("relay.tls_cert_file"), "{err}");
+}
+
+#[tokio::test]
+async fn ipv6_addresses_are_tried_after_ipv4_and_mx_hosts_are_bounded() {
+    let rig = Rig::start(
+        vec![
+            (
+                "busy.v6.test",
+                36,
+                SmtpOptions::new("busy.v6.test").greeting(421, "busy.v6.test too busy"),
+            ),
+            ("never.v6.test", 37, SmtpOptions::new("never.v6.test")),
+        ],
+        "max_mx_hosts = 2",
+    )
+    .await;
+    let v6 = SmtpServer::start_on(
+        &rig.world.ca,
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        rig.mx_port,
+        SmtpOptions::new("mx6.v6.test"),
+    )
+    .await
+    .expect("an SMTP fixture on [::1] with the group's port");
+    let dns = &rig.world.dns;
+    // IPv4 first: nothing listens on 127.0.0.38, so the AAAA address is next.
+    dns.set_a("mx6.v6.test", &[ip(38)]);
+    dns.set_aaaa("mx6.v6.test", &[std::net::Ipv6Addr::LOCALHOST]);
+    dns.set_mx(
+        "v6.test",
+        &[
+            (5, "busy.v6.test"),
+            (10, "mx6.v6.test"),
+            (20, "never.v6.test"),
+        ],
+    );
+    publish_enforce(&rig.world, "v6.test", &["*.v6.test"]);
+    let msg = message("v6", "alice@sender.test", "bob@v6.test", "hi\r\n");
+    let reply = submit(rig.addr, "alice@sender.test", &["bob@v6.test"], &msg).await;
+    assert_eq!(reply.code, 250, "{reply}");
+    assert!(
+        rig.wait_empty(LIMIT).await,
+        "queue: {:#?}",
+        rig.queue.list()
+    );
+    assert_eq!(received_with(&v6, "v6"), 1);
+    assert!(v6.messages()[0].tls);
+    assert!(rig.mx[0].connections() >= 1, "the preferred MX was skipped");
+
+    // With the first two hosts failing, max_mx_hosts = 2 keeps the third
+    // from ever being tried.
+    drop(v6);
+    dns.set_aaaa("mx6.v6.test", &[]);
+    let msg = message("v6b", "alice@sender.test", "bob@v6.test", "hi\r\n");
+    let reply = submit(rig.addr, "alice@sender.test", &["bob@v6.test"], &msg).await;
+    assert_eq!(reply.code, 250, "{reply}");
+    rig.wait_reason("busy.v6.test too busy", LIMIT).await;
+    assert_eq!(rig.mx[1].connections(), 0, "a third MX host was tried");
+}

@@ -195,22 +195,29 @@ async fn queue_command_lists_flushes_and_deletes() {
         let reply = submit(s.relay, "alice@sender.test", &["bob@held.test"], &msg).await;
         assert_eq!(reply.code, 250, "{reply}");
     }
-    let mx = &s.mx;
-    assert!(
-        eventually(Duration::from_secs(15), || async {
-            mx.commands().iter().filter(|c| *c == "DATA").count() >= 2
+    // Both messages tried once and their 451 recorded.
+    let deferred = |list: &serde_json::Value| {
+        list["queue"].as_array().is_some_and(|q| {
+            q.len() == 2
+                && q.iter().all(|m| {
+                    m["recipients"][0]["status"] == "pending"
+                        && m["recipients"][0]["reason"]
+                            .as_str()
+                            .is_some_and(|r| r.contains("refused the message"))
+                })
         })
-        .await
-    );
-
-    let list = queue_json(&run(&["--config", cfg, "queue", "list", "--json"]).await);
-    let queue = list["queue"].as_array().expect("queue array");
-    assert_eq!(queue.len(), 2, "{list:#}");
-    for m in queue {
-        assert_eq!(m["recipients"][0]["status"], "pending");
-        let reason = m["recipients"][0]["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains("refused the message"), "{list:#}");
+    };
+    let mut list = serde_json::Value::Null;
+    for _ in 0..60 {
+        list = queue_json(&run(&["--config", cfg, "queue", "list", "--json"]).await);
+        if deferred(&list) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    assert!(deferred(&list), "{list:#}");
+    let queue = list["queue"].as_array().expect("queue array");
+    let mx = &s.mx;
     let plain = run(&["--config", cfg, "queue", "list"]).await;
     assert!(
         text(&plain.stdout).contains("bob@held.test  pending"),
@@ -237,6 +244,23 @@ async fn queue_command_lists_flushes_and_deletes() {
     assert!(deleted.status.success(), "{}", text(&deleted.stderr));
     let list = queue_json(&run(&["--config", cfg, "queue", "list", "--json"]).await);
     assert!(list.get("queue").is_none(), "{list:#}");
+    // One log line per delivery attempt, with everything an admin greps for.
+    let log = daemon.log_text();
+    let attempt = log
+        .lines()
+        .find(|l| l.contains("delivery attempt") && l.contains("result=deferred"))
+        .unwrap_or_else(|| panic!("no delivery attempt line in:\n{log}"));
+    for field in [
+        "queue_id=",
+        "domain=held.test",
+        "mx=mx1.held.test",
+        "addr=127.0.0.42:",
+        "tls=TLSv1.3",
+        "mode=enforce",
+        "reply=451 4.3.0 come back later",
+    ] {
+        assert!(attempt.contains(field), "{field} missing in {attempt}");
+    }
     let unknown = run(&["--config", cfg, "queue", "delete", "ABCDEF"]).await;
     assert!(!unknown.status.success());
     assert!(text(&unknown.stderr).contains("no queued message ABCDEF"));
@@ -248,4 +272,29 @@ async fn queue_command_lists_flushes_and_deletes() {
     assert!(text(&offline.stderr).contains("acting on the store directly"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(s.mx.message_count(), 1, "the deleted message was delivered");
+}
+
+#[test]
+fn relay_password_prints_a_line_the_relay_accepts() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-agent"))
+        .args(["--config", "/dev/null", "relay-password", "app"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"s3cret\n")
+        .expect("write the password");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert!(line.starts_with("app:pbkdf2-sha256:600000:"), "{line}");
+    let users = mta_sts_agent::relay::auth::Users::parse(&line).expect("parses back");
+    assert!(users.verify("app", b"s3cret"));
+    assert!(!line.contains("s3cret"));
 }
