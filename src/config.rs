@@ -100,6 +100,9 @@ pub struct RelayConfig {
     pub max_mx_hosts: usize,
     /// Addresses tried per MX host.
     pub max_addresses_per_host: usize,
+    /// TLS-RPT (RFC 8460) aggregate reports about deliveries under
+    /// MTA-STS: `[relay.tlsrpt]`.
+    pub tlsrpt: TlsRptConfig,
 }
 
 impl Default for RelayConfig {
@@ -126,6 +129,51 @@ impl Default for RelayConfig {
             data_timeout: m(10),
             max_mx_hosts: 5,
             max_addresses_per_host: 2,
+            tlsrpt: TlsRptConfig::default(),
+        }
+    }
+}
+
+/// `[relay.tlsrpt]`: the relay counts every delivery session under an
+/// MTA-STS policy per policy domain and UTC day, and once a day sends each
+/// domain that publishes `_smtp._tls` an RFC 8460 aggregate report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsRptConfig {
+    /// Record sessions and send reports.
+    pub enabled: bool,
+    /// `organization-name` of the reports. Default: the relay's host name.
+    pub organization_name: Option<String>,
+    /// `contact-info` of the reports. Default: `report_from`.
+    pub contact_info: Option<String>,
+    /// `From:` of mailed reports. Default: `tlsrpt-noreply@<hostname>`.
+    pub report_from: Option<String>,
+    /// How often counts are written to `<state_dir>/tlsrpt/`; a crash loses
+    /// at most this much of the counts.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// How long after 00:00 UTC the previous day's reports go out.
+    #[serde(with = "humantime_serde")]
+    pub send_delay: Duration,
+    /// Days a report whose `https:` POST failed is retried (once a day)
+    /// before it is dropped.
+    pub retry_days: u64,
+    /// Deadline of one report POST, connection included.
+    #[serde(with = "humantime_serde")]
+    pub post_timeout: Duration,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: true,
+            organization_name: None,
+            contact_info: None,
+            report_from: None,
+            flush_interval: Duration::from_secs(60),
+            send_delay: Duration::from_secs(600),
+            retry_days: 3,
+            post_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -394,6 +442,22 @@ pub struct MapConfig {
     /// deliveries. Off by default: Postfix before 3.10 rejects these
     /// attributes as invalid and defers the mail.
     pub tlsrpt: bool,
+    /// What an enforce domain whose MX hosts have DNSSEC-authenticated,
+    /// usable TLSA records is answered (RFC 8461 §2: DANE takes
+    /// precedence): `dane-only` (default), `dane`, `notfound` (leave it to
+    /// Postfix's own DANE) or `off` (always the MTA-STS answer).
+    pub dane: DaneReply,
+}
+
+/// See [`MapConfig::dane`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DaneReply {
+    #[default]
+    DaneOnly,
+    Dane,
+    Notfound,
+    Off,
 }
 
 impl Default for MapConfig {
@@ -403,6 +467,7 @@ impl Default for MapConfig {
             servername: true,
             match_current_mx: false,
             tlsrpt: false,
+            dane: DaneReply::DaneOnly,
         }
     }
 }
@@ -579,6 +644,20 @@ impl Config {
                 "relay.auth_users_file",
                 format!("{:?}", r.auth_users_file),
                 "AUTH is offered only over TLS: set relay.tls_cert_file and relay.tls_key_file too",
+            ));
+        }
+        if r.tlsrpt.flush_interval.is_zero() {
+            return Err(invalid(
+                "relay.tlsrpt.flush_interval",
+                "0s",
+                "must be at least 1s",
+            ));
+        }
+        if r.tlsrpt.send_delay >= Duration::from_secs(86_400) {
+            return Err(invalid(
+                "relay.tlsrpt.send_delay",
+                humantime::format_duration(r.tlsrpt.send_delay).to_string(),
+                "must be less than a day",
             ));
         }
         if let Some(h) = &r.hostname {

@@ -11,7 +11,7 @@ use hickory_resolver::config::{
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
-use hickory_resolver::proto::op::{Edns, Message, MessageType, Query};
+use hickory_resolver::proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
@@ -320,28 +320,51 @@ impl Dns {
     }
 
     /// Whether the first configured name server says the answer for
-    /// `(name, rtype)` is DNSSEC-authenticated (the AD bit, RFC 4035 §3.2.3,
-    /// asked for with AD and DO set as RFC 6840 §5.7 describes). Only as
-    /// trustworthy as the path to that server; used for diagnosis, never for
-    /// a policy decision. One UDP exchange, bounded by the DNS timeout.
+    /// `(name, rtype)` is DNSSEC-authenticated (the AD bit). Used by the
+    /// diagnosis; see [`secure_lookup`](Self::secure_lookup).
     pub async fn authenticated(&self, name: &str, rtype: RecordType) -> Result<bool, DnsError> {
+        Ok(self.secure_lookup(name, rtype).await?.authenticated)
+    }
+
+    /// The name servers asked by [`secure_lookup`](Self::secure_lookup):
+    /// the configured ones, else those of /etc/resolv.conf (read once).
+    fn secure_servers(&self) -> Result<Vec<SocketAddr>, String> {
+        if !self.servers.is_empty() {
+            return Ok(self.servers.to_vec());
+        }
+        static SYSTEM: std::sync::OnceLock<Result<Vec<SocketAddr>, String>> =
+            std::sync::OnceLock::new();
+        SYSTEM.get_or_init(Self::system_servers).clone()
+    }
+
+    fn system_servers() -> Result<Vec<SocketAddr>, String> {
+        let (conf, _) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?;
+        let out: Vec<SocketAddr> = conf
+            .name_servers()
+            .iter()
+            .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map(|c| c.port).unwrap_or(53)))
+            .collect();
+        if out.is_empty() {
+            return Err("no name server in /etc/resolv.conf".into());
+        }
+        Ok(out)
+    }
+
+    /// Records of `(name, rtype)` with the validating resolver's verdict:
+    /// the AD bit (RFC 4035 §3.2.3), asked for with AD and DO set as RFC
+    /// 6840 §5.7 describes. This trusts the resolver as Postfix does
+    /// (`smtp_dns_support_level = dnssec`): it must be a validating
+    /// resolver on a trusted path, normally on the same host. A bogus
+    /// answer comes back from such a resolver as SERVFAIL, an error here.
+    /// UDP first, TCP when the answer is truncated; the configured servers
+    /// in order; each exchange bounded by the DNS timeout.
+    pub async fn secure_lookup(&self, name: &str, rtype: RecordType) -> Result<Secured, DnsError> {
         let err = |reason: String| DnsError {
             name: name.to_string(),
             reason,
         };
-        let server = match self.servers.first() {
-            Some(s) => *s,
-            None => {
-                let (conf, _) = hickory_resolver::system_conf::read_system_conf()
-                    .map_err(|e| err(format!("cannot read /etc/resolv.conf: {e}")))?;
-                let ns = conf
-                    .name_servers()
-                    .first()
-                    .ok_or_else(|| err("no name server in /etc/resolv.conf".into()))?;
-                let port = ns.connections.first().map(|c| c.port).unwrap_or(53);
-                SocketAddr::new(ns.ip, port)
-            }
-        };
+        let servers = self.secure_servers().map_err(err)?;
         let mut query = Message::query();
         query.metadata.recursion_desired = true;
         query.metadata.authentic_data = true;
@@ -353,43 +376,100 @@ impl Dns {
         let bytes = query
             .to_vec()
             .map_err(|e| err(format!("cannot encode query: {e}")))?;
-        let bind: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let exchange = async {
-            let socket = tokio::net::UdpSocket::bind(bind)
-                .await
-                .map_err(|e| err(format!("cannot open a UDP socket: {e}")))?;
-            socket
-                .send_to(&bytes, server)
-                .await
-                .map_err(|e| err(format!("cannot send to {server}: {e}")))?;
-            let mut buf = vec![0u8; 65_535];
-            loop {
-                let (len, from) = socket
-                    .recv_from(&mut buf)
-                    .await
-                    .map_err(|e| err(format!("no answer from {server}: {e}")))?;
-                if from != server {
-                    continue;
-                }
-                let Ok(reply) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                if reply.metadata.id == id && reply.metadata.message_type == MessageType::Response {
-                    return Ok(reply.metadata.authentic_data);
+        let mut last = err("no name server answered".to_string());
+        for server in servers {
+            let mut reply =
+                tokio::time::timeout(self.timeout, udp_exchange(&bytes, id, server)).await;
+            if let Ok(Ok(r)) = &reply {
+                if r.metadata.truncation {
+                    reply =
+                        tokio::time::timeout(self.timeout, tcp_exchange(&bytes, id, server)).await;
                 }
             }
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(err(format!(
-                "{server} did not answer within {:?}",
-                self.timeout
-            ))),
+            let reply = match reply {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    last = err(format!("{server}: {e}"));
+                    continue;
+                }
+                Err(_) => {
+                    last = err(format!("{server} did not answer within {:?}", self.timeout));
+                    continue;
+                }
+            };
+            let authenticated = reply.metadata.authentic_data;
+            let code = reply.metadata.response_code;
+            let answer = if code == ResponseCode::NXDomain {
+                Answer::NoRecords { nxdomain: true }
+            } else if code == ResponseCode::NoError {
+                let records: Vec<&hickory_resolver::proto::rr::Record> = reply
+                    .answers
+                    .iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .collect();
+                let ttl = records.iter().map(|r| r.ttl).min();
+                if records.is_empty() {
+                    Answer::NoRecords { nxdomain: false }
+                } else {
+                    return Ok(Secured {
+                        answer: Answer::Records(records.iter().map(|r| r.data.clone()).collect()),
+                        authenticated,
+                        ttl,
+                    });
+                }
+            } else {
+                // SERVFAIL from a validating resolver: bogus, or it could
+                // not validate. Either way nobody can tell.
+                return Err(err(format!("{server} answered {code}")));
+            };
+            return Ok(Secured {
+                answer,
+                authenticated,
+                ttl: None,
+            });
         }
+        Err(last)
+    }
+
+    /// TLSA records with the validating resolver's verdict.
+    pub async fn tlsa_secure(
+        &self,
+        name: &str,
+    ) -> Result<(Answer<TlsaRecord>, bool, Option<u32>), DnsError> {
+        let s = self.secure_lookup(name, RecordType::TLSA).await?;
+        let answer = Self::map(s.answer, |d| match d {
+            RData::TLSA(t) => Some(TlsaRecord {
+                usage: t.cert_usage.into(),
+                selector: t.selector.into(),
+                matching: t.matching.into(),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        });
+        Ok((answer, s.authenticated, s.ttl))
+    }
+
+    /// MX records (preference order) with the validating resolver's verdict.
+    pub async fn mx_secure(
+        &self,
+        domain: &str,
+    ) -> Result<(Answer<MxRecord>, bool, Option<u32>), DnsError> {
+        let s = self.secure_lookup(domain, RecordType::MX).await?;
+        let mut answer = Self::map(s.answer, |d| match d {
+            RData::MX(mx) => Some(MxRecord {
+                preference: mx.preference,
+                exchange: mx
+                    .exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            }),
+            _ => None,
+        });
+        if let Answer::Records(r) = &mut answer {
+            r.sort_by_key(|m| m.preference);
+        }
+        Ok((answer, s.authenticated, s.ttl))
     }
 
     /// A and AAAA addresses of a host.
@@ -407,6 +487,68 @@ impl Dns {
             Err(e) => Self::classify(host, e),
         }
     }
+}
+
+/// An answer with the validating resolver's DNSSEC verdict.
+#[derive(Debug, Clone)]
+pub struct Secured {
+    pub answer: Answer<RData>,
+    /// The AD bit: the resolver validated the answer (or the denial).
+    pub authenticated: bool,
+    /// Smallest TTL of the records, when there are records.
+    pub ttl: Option<u32>,
+}
+
+async fn udp_exchange(bytes: &[u8], id: u16, server: SocketAddr) -> Result<Message, String> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    socket
+        .send_to(bytes, server)
+        .await
+        .map_err(|e| format!("cannot send: {e}"))?;
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, from) = socket
+            .recv_from(&mut buf)
+            .await
+            .map_err(|e| format!("no answer: {e}"))?;
+        if from != server {
+            continue;
+        }
+        let Ok(reply) = Message::from_vec(&buf[..len]) else {
+            continue;
+        };
+        if reply.metadata.id == id && reply.metadata.message_type == MessageType::Response {
+            return Ok(reply);
+        }
+    }
+}
+
+/// RFC 1035 §4.2.2: two-byte length, then the message.
+async fn tcp_exchange(bytes: &[u8], id: u16, server: SocketAddr) -> Result<Message, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("cannot connect over TCP: {e}"))?;
+    let len = u16::try_from(bytes.len()).map_err(|_| "query too long".to_string())?;
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    tcp.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut len = [0u8; 2];
+    tcp.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    tcp.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    let reply = Message::from_vec(&buf).map_err(|e| format!("malformed answer: {e}"))?;
+    if reply.metadata.id != id {
+        return Err("answer for another query".to_string());
+    }
+    Ok(reply)
 }
 
 /// Lets reqwest resolve policy hosts through the same configured name servers

@@ -12,6 +12,7 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dane;
 pub mod dns;
 pub mod fetch;
 pub mod metrics;

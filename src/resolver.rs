@@ -113,6 +113,9 @@ struct Inner {
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     mx_sets: moka::future::Cache<String, Arc<MxSet>>,
     mx_refreshing: Mutex<std::collections::HashSet<String>>,
+    /// DANE status, which takes precedence over MTA-STS (RFC 8461 §2);
+    /// carried here so every face shares one cache.
+    dane: crate::dane::Dane,
 }
 
 #[derive(Clone)]
@@ -152,8 +155,10 @@ impl Resolver {
             .max_capacity(cfg.memory_entries)
             .time_to_live(ttl)
             .build();
+        let dane = crate::dane::Dane::new(dns.clone(), cfg.mx_min_ttl);
         Resolver {
             inner: Arc::new(Inner {
+                dane,
                 overrides: HashMap::new(),
                 overrides_logged: Mutex::new(Default::default()),
                 dns,
@@ -310,6 +315,22 @@ impl Resolver {
         .await
         .ok()
         .flatten()
+    }
+
+    /// The DANE status of `domain`, waiting at most `first_lookup_deadline`
+    /// (None when that passes: the caller keeps its MTA-STS answer).
+    pub async fn dane(&self, domain: &str) -> Option<Arc<crate::dane::DomainDane>> {
+        tokio::time::timeout(
+            self.inner.cfg.first_lookup_deadline,
+            self.inner.dane.domain(domain),
+        )
+        .await
+        .ok()
+    }
+
+    /// The shared DANE lookups (per MX host, for the relay).
+    pub fn dane_lookups(&self) -> &crate::dane::Dane {
+        &self.inner.dane
     }
 
     /// Runs the proactive refresh sweep forever (RFC 8461 §5.1: keep policies

@@ -1404,17 +1404,15 @@ async fn check_mx_host(
         }
     }
 
-    // DANE (informational): DNSSEC-validated TLSA takes precedence over MTA-STS.
-    let tlsa_name = format!("_25._tcp.{name}");
-    match tools.dns.tlsa(&tlsa_name).await {
-        Ok(Answer::Records(records)) => {
+    // DANE (informational): DNSSEC-validated TLSA takes precedence over
+    // MTA-STS. One secure lookup and the usability rule of crate::dane, the
+    // code the socketmap and the relay decide with.
+    let tlsa_name = crate::dane::tlsa_name(&name);
+    match tools.dns.tlsa_secure(&tlsa_name).await {
+        Ok((Answer::Records(records), authenticated, _)) => {
             facts.tlsa = records.iter().map(|r| r.to_string()).collect();
-            let validated = tools
-                .dns
-                .authenticated(&tlsa_name, hickory_resolver::proto::rr::RecordType::TLSA)
-                .await
-                .unwrap_or(false);
-            if validated {
+            let usable = records.iter().filter(|r| crate::dane::usable(r)).count();
+            if authenticated && usable > 0 {
                 f.push_host(
                     S,
                     host,
@@ -1424,6 +1422,19 @@ async fn check_mx_host(
                         "{} at {tlsa_name}, DNSSEC-validated: DANE-capable senders use DANE \
                          instead of MTA-STS for this host (RFC 8461 §2) — keep the TLSA records \
                          in step with the certificate",
+                        plural(usable, "usable TLSA record", "usable TLSA records")
+                    ),
+                );
+            } else if authenticated {
+                f.push_host(
+                    S,
+                    host,
+                    Severity::Info,
+                    "dane-tlsa-unusable",
+                    format!(
+                        "{} at {tlsa_name}, DNSSEC-validated, but none usable for SMTP: only \
+                         DANE-TA(2) and DANE-EE(3) with selector 0/1 and matching type 0-2 count \
+                         (RFC 7672 §3.1), so senders ignore them",
                         plural(records.len(), "TLSA record", "TLSA records")
                     ),
                 );
@@ -1441,13 +1452,16 @@ async fn check_mx_host(
                 );
             }
         }
-        Ok(Answer::NoRecords { .. }) => {}
+        Ok((Answer::NoRecords { .. }, _, _)) => {}
         Err(e) => f.push_host(
             S,
             host,
             Severity::Info,
             "dane-lookup-failed",
-            format!("could not look up TLSA at {tlsa_name}: {e}"),
+            format!(
+                "could not look up TLSA at {tlsa_name}: {e} (a validating resolver answers a \
+                 bogus DNSSEC signature this way; DANE senders then defer mail to this host)"
+            ),
         ),
     }
 

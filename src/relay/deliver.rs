@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 
 use super::spool::Spool;
 use crate::config::RelayConfig;
+use crate::dane::{DomainDane, HostDane};
 use crate::dns::Answer as DnsAnswer;
 use crate::policy::mx::matches_any;
 use crate::policy::Mode;
@@ -69,6 +70,10 @@ enum TlsMode {
     Testing(Arc<StoredPolicy>),
     /// Policy mode none, or no policy; the label says which.
     Opportunistic(&'static str),
+    /// This MX host has DNSSEC-authenticated TLSA records (RFC 7672), which
+    /// take precedence over MTA-STS (RFC 8461 §2): TLS required, the chain
+    /// must match them, no fallback of any kind.
+    Dane(Vec<crate::dns::TlsaRecord>),
 }
 
 impl TlsMode {
@@ -77,13 +82,19 @@ impl TlsMode {
             TlsMode::Enforce(_) => "enforce",
             TlsMode::Testing(_) => "testing",
             TlsMode::Opportunistic(l) => l,
+            TlsMode::Dane(_) => "dane",
         }
+    }
+
+    /// No plaintext, no HELO, no fallback.
+    fn strict(&self) -> bool {
+        matches!(self, TlsMode::Enforce(_) | TlsMode::Dane(_))
     }
 
     fn policy(&self) -> Option<&StoredPolicy> {
         match self {
             TlsMode::Enforce(p) | TlsMode::Testing(p) => Some(p),
-            TlsMode::Opportunistic(_) => None,
+            TlsMode::Opportunistic(_) | TlsMode::Dane(_) => None,
         }
     }
 }
@@ -150,6 +161,7 @@ struct Inner {
     cfg: RelayConfig,
     hostname: String,
     spool: Spool,
+    tlsrpt: super::tlsrpt::Tlsrpt,
 }
 
 impl Deliverer {
@@ -161,6 +173,7 @@ impl Deliverer {
         cfg: RelayConfig,
         hostname: String,
         spool: Spool,
+        tlsrpt: super::tlsrpt::Tlsrpt,
     ) -> Deliverer {
         Deliverer {
             inner: Arc::new(Inner {
@@ -169,6 +182,7 @@ impl Deliverer {
                 cfg,
                 hostname,
                 spool,
+                tlsrpt,
             }),
         }
     }
@@ -242,10 +256,28 @@ impl Deliverer {
             }
         };
 
-        let mut candidates = Vec::new();
+        let dane = me.resolver.dane(&job.domain).await;
+        let mut failures: Vec<String> = Vec::new();
+        let mut candidates: Vec<(String, TlsMode)> = Vec::new();
         for host in hosts {
+            match self.dane_for(&host, dane.as_deref()).await {
+                Ok(Some(records)) => {
+                    // DANE wins over MTA-STS for this host, listed or not.
+                    candidates.push((host, TlsMode::Dane(records)));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    // RFC 7672 §2.1.1: a failed TLSA lookup rules the host out.
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, "TLSA lookup failed (DNSSEC); MX host not used");
+                    failures.push(format!("{host}: TLSA lookup failed: {why}"));
+                    continue;
+                }
+            }
             if let Some(policy) = mode.policy() {
                 if !matches_any(&policy.policy.mx, &host) {
+                    me.tlsrpt
+                        .sts(mode.policy(), &host, None, None, Some("validation-failure"));
                     if let TlsMode::Enforce(_) = mode {
                         tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, policy_id = %policy.id, result_type = "validation-failure", "MX host not listed in the MTA-STS policy; not contacted");
                         crate::metrics::metrics().relay_policy_failure("enforce", "mx-mismatch");
@@ -255,9 +287,16 @@ impl Deliverer {
                     crate::metrics::metrics().relay_policy_failure("testing", "mx-mismatch");
                 }
             }
-            candidates.push(host);
+            candidates.push((host, mode.clone()));
         }
         candidates.truncate(me.cfg.max_mx_hosts);
+        if candidates.is_empty() && !failures.is_empty() {
+            return all(
+                false,
+                format!("no usable MX host: {}", failures.join("; ")),
+                "4.7.5",
+            );
+        }
         if candidates.is_empty() {
             let policy_id = mode.policy().map(|p| p.id.as_str()).unwrap_or("");
             return all(
@@ -270,9 +309,8 @@ impl Deliverer {
             );
         }
 
-        let mut failures: Vec<String> = Vec::new();
         let mut last = NoSession::new("no MX address could be tried", "4.4.1");
-        for host in &candidates {
+        for (host, host_mode) in &candidates {
             let addrs = self.addresses(host).await;
             if addrs.is_empty() {
                 failures.push(format!("{host}: no address"));
@@ -281,7 +319,7 @@ impl Deliverer {
             }
             for ip in addrs {
                 let addr = SocketAddr::new(ip, me.cfg.delivery_port);
-                match self.attempt(job, &mode, host, addr).await {
+                match self.attempt(job, host_mode, host, addr).await {
                     Attempt::Done(results) => return results,
                     Attempt::Next(why) => {
                         match &why.reply {
@@ -319,6 +357,31 @@ impl Deliverer {
                 )
             })
             .collect()
+    }
+
+    /// The TLSA records that govern `host`, if DANE applies to it; Err when
+    /// its DNSSEC status cannot be established.
+    async fn dane_for(
+        &self,
+        host: &str,
+        domain: Option<&DomainDane>,
+    ) -> Result<Option<Vec<crate::dns::TlsaRecord>>, String> {
+        match domain {
+            Some(DomainDane::Applies { hosts }) => Ok(hosts
+                .iter()
+                .find(|(h, _)| h == host)
+                .map(|(_, records)| records.clone())),
+            Some(DomainDane::NotApplicable(_)) => Ok(None),
+            // Unknown for the domain (a lookup failed or timed out): ask
+            // about this host alone.
+            Some(DomainDane::Indeterminate(_)) | None => {
+                match self.inner.resolver.dane_lookups().host(host).await.0 {
+                    HostDane::Tlsa(records) => Ok(Some(records)),
+                    HostDane::None(_) => Ok(None),
+                    HostDane::Indeterminate(e) => Err(e),
+                }
+            }
+        }
     }
 
     /// IPv4 then IPv6 addresses of an MX host, at most
@@ -360,10 +423,19 @@ impl Deliverer {
 
     async fn attempt(&self, job: &Job, mode: &TlsMode, mx: &str, addr: SocketAddr) -> Attempt {
         let outcome = self.session(job, mode, mx, addr, true).await;
+        if let SessionEnd::HandshakeFailed(_) = &outcome {
+            self.inner.tlsrpt.sts(
+                mode.policy(),
+                mx,
+                Some(addr.ip()),
+                None,
+                Some("validation-failure"),
+            );
+        }
         match outcome {
             // Opportunistic and testing deliveries retry in plaintext after
             // a failed handshake, as Postfix does; enforce never does.
-            SessionEnd::HandshakeFailed(why) if !matches!(mode, TlsMode::Enforce(_)) => {
+            SessionEnd::HandshakeFailed(why) if !mode.strict() => {
                 if let TlsMode::Testing(p) = mode {
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, policy_id = %p.id, result_type = "validation-failure", error = %why, "MTA-STS testing: TLS handshake failed; retrying without TLS");
                     crate::metrics::metrics().relay_policy_failure("testing", "validation-failure");
@@ -415,6 +487,7 @@ impl Deliverer {
             Ok(Ok(tcp)) => tcp,
         };
         let _ = tcp.set_nodelay(true);
+        let local_ip = tcp.local_addr().ok().map(|a| a.ip());
         let mut conn = SmtpConn::new(tcp, me.cfg.reply_timeout);
         let greeting = match conn.read_reply().await {
             Ok(r) => r,
@@ -429,7 +502,7 @@ impl Deliverer {
             Ok(e) => {
                 // RFC 5321 §3.2: fall back to HELO, which cannot offer
                 // STARTTLS, so never under enforce.
-                if matches!(mode, TlsMode::Enforce(_)) {
+                if mode.strict() {
                     conn.quit().await;
                     return next(self, NoSession::reply("EHLO refused", &e.reply));
                 }
@@ -451,6 +524,13 @@ impl Deliverer {
         if !ehlo.has("STARTTLS") || !use_tls {
             match mode {
                 TlsMode::Enforce(p) => {
+                    me.tlsrpt.sts(
+                        mode.policy(),
+                        mx,
+                        Some(addr.ip()),
+                        local_ip,
+                        Some("starttls-not-supported"),
+                    );
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "starttls-not-supported", "MTA-STS enforce: MX host does not offer STARTTLS; message not sent");
                     crate::metrics::metrics()
                         .relay_policy_failure("enforce", "starttls-not-supported");
@@ -460,7 +540,21 @@ impl Deliverer {
                         NoSession::new("STARTTLS not offered (MTA-STS enforce)", "4.7.5"),
                     );
                 }
+                TlsMode::Dane(_) => {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "starttls-not-supported", "DANE: MX host with TLSA records does not offer STARTTLS; message not sent");
+                    crate::metrics::metrics()
+                        .relay_policy_failure("dane", "starttls-not-supported");
+                    conn.quit().await;
+                    return next(self, NoSession::new("STARTTLS not offered (DANE)", "4.7.5"));
+                }
                 TlsMode::Testing(p) if use_tls => {
+                    me.tlsrpt.sts(
+                        mode.policy(),
+                        mx,
+                        Some(addr.ip()),
+                        local_ip,
+                        Some("starttls-not-supported"),
+                    );
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "starttls-not-supported", "MTA-STS testing: MX host does not offer STARTTLS; delivering without TLS");
                     crate::metrics::metrics()
                         .relay_policy_failure("testing", "starttls-not-supported");
@@ -496,6 +590,10 @@ impl Deliverer {
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "validation-failure", error = %e, "MTA-STS enforce: TLS handshake failed; message not sent");
                     crate::metrics::metrics().relay_policy_failure("enforce", "validation-failure");
                 }
+                if let TlsMode::Dane(_) = mode {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "validation-failure", error = %e, "DANE: TLS handshake failed; message not sent");
+                    crate::metrics::metrics().relay_policy_failure("dane", "validation-failure");
+                }
                 self.log_attempt(
                     At {
                         job,
@@ -511,7 +609,40 @@ impl Deliverer {
             }
         };
         let mut conn: SmtpConn<Tls> = SmtpConn::new(tls, me.cfg.reply_timeout);
-        if let Err(problem) = &report.cert {
+        me.tlsrpt.sts(
+            mode.policy(),
+            mx,
+            Some(addr.ip()),
+            local_ip,
+            report.cert.as_ref().err().map(cert_result_type),
+        );
+        if let TlsMode::Dane(records) = mode {
+            let chain = conn
+                .get_ref()
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.to_vec())
+                .unwrap_or_default();
+            if let Err(mismatch) = crate::dane::verify_chain(&chain, records, mx) {
+                tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "tlsa-invalid", problem = %mismatch, "DANE: certificate does not match the TLSA records; message not sent");
+                crate::metrics::metrics().relay_policy_failure("dane", "tlsa-invalid");
+                conn.quit().await;
+                let why = NoSession::new(format!("{mismatch} (DANE)"), "4.7.5");
+                self.log_attempt(
+                    At {
+                        job,
+                        mode,
+                        mx,
+                        addr,
+                    },
+                    &report.version,
+                    "deferred",
+                    &why.reason,
+                );
+                return SessionEnd::Attempt(Attempt::Next(why));
+            }
+        } else if let Err(problem) = &report.cert {
             let result_type = cert_result_type(problem);
             match mode {
                 TlsMode::Enforce(p) => {
@@ -537,7 +668,7 @@ impl Deliverer {
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type, problem = %problem, "MTA-STS testing: MX certificate not valid; delivering anyway");
                     crate::metrics::metrics().relay_policy_failure("testing", result_type);
                 }
-                TlsMode::Opportunistic(_) => {}
+                TlsMode::Opportunistic(_) | TlsMode::Dane(_) => {}
             }
         }
         let ehlo = match conn.ehlo(&me.hostname).await {

@@ -4,6 +4,7 @@
 //! per recipient domain ([`queue`], [`deliver`]) under the domain's MTA-STS
 //! policy from the shared [`Resolver`](crate::resolver::Resolver). Failed
 //! recipients are reported to the sender with an RFC 3464 bounce ([`dsn`]).
+//! Sessions under MTA-STS are counted for RFC 8460 reports ([`tlsrpt`]).
 
 pub mod auth;
 pub mod command;
@@ -13,6 +14,7 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod tlsrpt;
 
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ pub fn hostname(config: &Config) -> String {
 /// A running relay's parts, built once the store is open.
 pub struct Relay {
     pub queue: Queue,
+    pub tlsrpt: tlsrpt::Tlsrpt,
     shared: Arc<server::Shared>,
 }
 
@@ -56,12 +59,14 @@ impl Relay {
             .map_err(|e| format!("cannot open the relay queue {}: {e}", dir.display()))?;
         let tls = TlsProber::new(&config.fetch, config.relay.connect_timeout)?;
         let hostname = hostname(config);
+        let tlsrpt = tlsrpt::Tlsrpt::open(config, &hostname, resolver.dns())?;
         let deliverer = deliver::Deliverer::new(
             resolver,
             tls,
             config.relay.clone(),
             hostname.clone(),
             spool.clone(),
+            tlsrpt.clone(),
         );
         let queue = Queue::open(spool, deliverer, config.relay.clone(), hostname.clone()).await;
         let shared = Arc::new(server::Shared {
@@ -75,13 +80,19 @@ impl Relay {
                 None => None,
             },
         });
-        Ok(Relay { queue, shared })
+        Ok(Relay {
+            queue,
+            tlsrpt,
+            shared,
+        })
     }
 
     /// Runs the queue and the listeners until `shutdown`.
     pub async fn serve(self, listeners: Vec<TcpListener>, shutdown: watch::Receiver<bool>) {
         let runner = tokio::spawn(self.queue.clone().run(shutdown.clone()));
+        let reports = tokio::spawn(self.tlsrpt.run(self.queue.clone(), shutdown.clone()));
         server::serve(listeners, self.shared, shutdown).await;
         let _ = runner.await;
+        let _ = reports.await;
     }
 }

@@ -13,8 +13,10 @@ use crate::config::MapConfig;
 use crate::resolver::Resolver;
 
 use super::netstring::{decode, encode};
-use super::reply::render_with_mx;
+use super::reply::{render_dane, render_with_mx};
 use super::MAX_REQUEST;
+use crate::config::DaneReply;
+use crate::dane::DomainDane;
 use crate::resolver::{is_enforcing, Answer};
 
 /// What every connection shares.
@@ -46,15 +48,37 @@ impl Handler {
         };
         let started = std::time::Instant::now();
         let answer = self.resolver.lookup(key).await;
-        let current = match &answer {
+        let dane = match &answer {
             Ok(Answer::Policy(p))
-                if map.match_current_mx && is_enforcing(p.policy.mode, map.testing_as_enforce) =>
+                if map.dane != DaneReply::Off
+                    && is_enforcing(p.policy.mode, map.testing_as_enforce) =>
             {
-                self.resolver.current_mx(&p.domain).await
+                match self.resolver.dane(&p.domain).await.as_deref() {
+                    Some(DomainDane::Applies { .. }) => render_dane(map),
+                    Some(DomainDane::Indeterminate(why)) => {
+                        tracing::debug!(peer, domain = %p.domain, reason = %why, "DANE status unknown; MTA-STS answer");
+                        None
+                    }
+                    _ => None,
+                }
             }
             _ => None,
         };
-        let reply = render_with_mx(&answer, map, current.as_deref());
+        let reply = match dane {
+            Some(r) => r,
+            None => {
+                let current = match &answer {
+                    Ok(Answer::Policy(p))
+                        if map.match_current_mx
+                            && is_enforcing(p.policy.mode, map.testing_as_enforce) =>
+                    {
+                        self.resolver.current_mx(&p.domain).await
+                    }
+                    _ => None,
+                };
+                render_with_mx(&answer, map, current.as_deref())
+            }
+        };
         if reply.starts_with("TEMP") && answer.is_ok() {
             tracing::warn!(peer, key = %key.escape_debug(), reply = %reply, "lookup answered TEMP: Postfix defers this mail");
         }

@@ -1,7 +1,7 @@
 //! What Postfix is told. The resolver decides which policy applies; this file
 //! only renders it in the `smtp_tls_policy_maps` syntax.
 
-use crate::config::MapConfig;
+use crate::config::{DaneReply, MapConfig};
 use crate::policy::{normalize_domain, Policy};
 use crate::resolver::{is_enforcing, Answer, MxSet};
 use crate::store::{PolicySource, StoreError, StoredPolicy};
@@ -20,6 +20,19 @@ use super::MAX_REPLY;
 ///   see [`tlsrpt_attributes`]; every other reply is unchanged.
 pub fn render(answer: &Result<Answer, StoreError>, map: &MapConfig) -> String {
     render_with_mx(answer, map, None)
+}
+
+/// The answer for an enforce domain protected by DANE (RFC 8461 §2: DANE
+/// wins over MTA-STS), per the map's `dane` setting; None for `off`.
+/// Postfix then looks up and checks the TLSA records itself, which needs
+/// `smtp_dns_support_level = dnssec` and a validating resolver.
+pub fn render_dane(map: &MapConfig) -> Option<String> {
+    match map.dane {
+        DaneReply::DaneOnly => Some("OK dane-only".to_string()),
+        DaneReply::Dane => Some("OK dane".to_string()),
+        DaneReply::Notfound => Some("NOTFOUND ".to_string()),
+        DaneReply::Off => None,
+    }
 }
 
 /// [`render`], for maps with `match_current_mx`: given the domain's current
@@ -323,12 +336,14 @@ mod tests {
             servername,
             match_current_mx: false,
             tlsrpt: false,
+            dane: Default::default(),
         }
     }
 
     fn tlsrpt_map(servername: bool) -> MapConfig {
         MapConfig {
             tlsrpt: true,
+            dane: Default::default(),
             ..map(false, servername)
         }
     }

@@ -21,6 +21,7 @@ async fn server(w: &World) -> Server {
             servername: true,
             match_current_mx: true,
             tlsrpt: false,
+            dane: Default::default(),
         },
     );
     Server::start(w, config).await

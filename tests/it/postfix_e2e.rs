@@ -259,6 +259,7 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
                     servername: true,
                     match_current_mx: true,
                     tlsrpt: false,
+                    dane: Default::default(),
                 },
             );
             let store = mta_sts_agent::daemon::open_store(&config, false).unwrap();

@@ -86,12 +86,14 @@ impl Setup {
                 servername: false,
                 match_current_mx: false,
                 tlsrpt: false,
+                dane: Default::default(),
             },
         );
         config.socketmap.maps.insert(
             "tlsrpt".to_string(),
             MapConfig {
                 tlsrpt: true,
+                dane: Default::default(),
                 ..MapConfig::default()
             },
         );

@@ -237,6 +237,7 @@ async fn each_map_applies_its_own_settings() {
             servername: false,
             match_current_mx: false,
             tlsrpt: false,
+            dane: Default::default(),
         },
     );
     let server = Server::start(&world, config).await;

@@ -12,7 +12,9 @@
 
 pub mod ca;
 pub mod dns;
+pub mod dnssec;
 pub mod https;
+pub mod post_sink;
 pub mod proxy;
 pub mod redis;
 pub mod smtp;

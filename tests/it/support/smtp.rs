@@ -137,6 +137,8 @@ struct Shared {
     options: Mutex<SmtpOptions>,
     counters: Mutex<Counters>,
     acceptor: Mutex<Option<TlsAcceptor>>,
+    /// The leaf certificate STARTTLS presents (for TLSA records).
+    cert: Mutex<Option<rustls_pki_types::CertificateDer<'static>>>,
     ca: TestCa,
 }
 
@@ -144,7 +146,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn acceptor_for(ca: &TestCa, opts: &SmtpOptions) -> TlsAcceptor {
+fn acceptor_for(
+    ca: &TestCa,
+    opts: &SmtpOptions,
+) -> (TlsAcceptor, rustls_pki_types::CertificateDer<'static>) {
     let host = opts.hostname.as_str();
     let leaf = match opts.cert {
         SmtpCert::Valid => ca.issue(&[host]),
@@ -154,13 +159,14 @@ fn acceptor_for(ca: &TestCa, opts: &SmtpOptions) -> TlsAcceptor {
         SmtpCert::ExpiringIn(days) => ca.issue_between(&[host], -1, i64::from(days)),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = leaf.chain[0].clone();
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
         .with_no_client_auth()
         .with_single_cert(leaf.chain, leaf.key)
         .expect("rustls accepts the test certificate");
-    TlsAcceptor::from(Arc::new(config))
+    (TlsAcceptor::from(Arc::new(config)), cert)
 }
 
 /// An SMTP server fixture. Stops (with its connections) when dropped.
@@ -201,11 +207,12 @@ impl SmtpServer {
     ) -> std::io::Result<SmtpServer> {
         let listener = TcpListener::bind(SocketAddr::new(ip, port)).await?;
         let addr = listener.local_addr()?;
-        let acceptor = acceptor_for(ca, &options);
+        let (acceptor, cert) = acceptor_for(ca, &options);
         let shared = Arc::new(Shared {
             options: Mutex::new(options),
             counters: Mutex::new(Counters::default()),
             acceptor: Mutex::new(Some(acceptor)),
+            cert: Mutex::new(Some(cert)),
             ca: ca.clone(),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
@@ -239,9 +246,17 @@ impl SmtpServer {
 
     /// Replaces the behaviour (and the certificate) for new connections.
     pub fn set_options(&self, options: SmtpOptions) {
-        let acceptor = acceptor_for(&self.shared.ca, &options);
+        let (acceptor, cert) = acceptor_for(&self.shared.ca, &options);
         *lock(&self.shared.acceptor) = Some(acceptor);
+        *lock(&self.shared.cert) = Some(cert);
         *lock(&self.shared.options) = options;
+    }
+
+    /// The DER of the leaf certificate STARTTLS presents now.
+    pub fn certificate(&self) -> rustls_pki_types::CertificateDer<'static> {
+        lock(&self.shared.cert)
+            .clone()
+            .expect("every fixture has a certificate")
     }
 
     pub fn connections(&self) -> usize {

@@ -1,0 +1,324 @@
+//! DANE for SMTP (RFC 7672), which takes precedence over MTA-STS (RFC 8461
+//! §2): whether a domain's MX hosts are protected by DNSSEC-authenticated
+//! TLSA records, and whether a server's certificate chain matches them.
+//!
+//! Authenticity is the AD bit of the configured resolver, as in Postfix
+//! (see [`Dns::secure_lookup`]): the resolver must validate and be trusted.
+//! What each DNSSEC outcome means:
+//! - **secure** MX RRset and at least one MX host with a secure, usable
+//!   TLSA RRset: DANE applies ([`DomainDane::Applies`]).
+//! - **insecure** (no AD bit), or no usable TLSA anywhere: DANE does not
+//!   apply and MTA-STS rules alone (RFC 7672 §2.2).
+//! - **bogus or failed** lookups (SERVFAIL, timeout): we cannot tell
+//!   ([`DomainDane::Indeterminate`]); callers keep the MTA-STS answer, which
+//!   still demands WebPKI-validated TLS. Nothing is ever weakened by it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::dns::{Answer, Dns, TlsaRecord};
+
+/// RFC 7672 §3.1: only DANE-TA(2) and DANE-EE(3) are usable for SMTP; the
+/// PKIX usages 0 and 1 are not. Selector full cert(0) or SPKI(1); matching
+/// exact(0), SHA2-256(1) or SHA2-512(2).
+pub fn usable(r: &TlsaRecord) -> bool {
+    matches!(r.usage, 2 | 3) && matches!(r.selector, 0 | 1) && matches!(r.matching, 0..=2)
+}
+
+/// DANE status of one MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostDane {
+    /// Secure, usable TLSA records: the certificate must match them.
+    Tlsa(Vec<TlsaRecord>),
+    /// No secure usable TLSA records: DANE does not cover this host.
+    None(String),
+    /// The lookup failed or was bogus.
+    Indeterminate(String),
+}
+
+/// DANE status of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainDane {
+    /// The MX RRset is secure and these MX hosts have secure usable TLSA.
+    Applies {
+        hosts: Vec<(String, Vec<TlsaRecord>)>,
+    },
+    NotApplicable(String),
+    Indeterminate(String),
+}
+
+impl DomainDane {
+    pub fn applies(&self) -> bool {
+        matches!(self, DomainDane::Applies { .. })
+    }
+}
+
+/// The TLSA lookup name of an SMTP server (RFC 7672 §2.3).
+pub fn tlsa_name(host: &str) -> String {
+    format!("_25._tcp.{host}")
+}
+
+/// Looks up and caches DANE status; shared by every face.
+#[derive(Clone)]
+pub struct Dane {
+    dns: Dns,
+    domains: moka::future::Cache<String, (Arc<DomainDane>, Instant)>,
+    min_ttl: Duration,
+}
+
+impl std::fmt::Debug for Dane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dane").finish_non_exhaustive()
+    }
+}
+
+impl Dane {
+    pub fn new(dns: Dns, min_ttl: Duration) -> Dane {
+        Dane {
+            dns,
+            domains: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            min_ttl,
+        }
+    }
+
+    /// TLSA status of one MX host.
+    pub async fn host(&self, host: &str) -> (HostDane, Option<u32>) {
+        match self.dns.tlsa_secure(&tlsa_name(host)).await {
+            Err(e) => (HostDane::Indeterminate(e.to_string()), None),
+            Ok((_, false, _)) => (
+                HostDane::None(format!("{} is not DNSSEC-authenticated", tlsa_name(host))),
+                None,
+            ),
+            Ok((Answer::NoRecords { .. }, true, _)) => (
+                HostDane::None(format!("no TLSA records at {}", tlsa_name(host))),
+                None,
+            ),
+            Ok((Answer::Records(records), true, ttl)) => {
+                let usable: Vec<TlsaRecord> = records.into_iter().filter(usable).collect();
+                if usable.is_empty() {
+                    (
+                        HostDane::None(format!("no usable TLSA records at {}", tlsa_name(host))),
+                        ttl,
+                    )
+                } else {
+                    (HostDane::Tlsa(usable), ttl)
+                }
+            }
+        }
+    }
+
+    /// DANE status of `domain`, kept for the smallest TTL involved (within
+    /// `min_ttl` and an hour).
+    pub async fn domain(&self, domain: &str) -> Arc<DomainDane> {
+        if let Some((d, until)) = self.domains.get(domain).await {
+            if Instant::now() < until {
+                return d;
+            }
+        }
+        let (status, ttl) = self.lookup_domain(domain).await;
+        if let DomainDane::Indeterminate(why) = &status {
+            tracing::warn!(domain, reason = %why, "DNSSEC lookups failed: DANE status unknown; MTA-STS applies alone (still validated TLS)");
+        }
+        let keep = Duration::from_secs(u64::from(ttl.unwrap_or(0)))
+            .clamp(self.min_ttl, Duration::from_secs(3600));
+        let status = Arc::new(status);
+        // Failures are kept too (for min_ttl), so a domain whose DNSSEC
+        // lookups time out does not slow every lookup down.
+        self.domains
+            .insert(domain.to_string(), (status.clone(), Instant::now() + keep))
+            .await;
+        status
+    }
+
+    async fn lookup_domain(&self, domain: &str) -> (DomainDane, Option<u32>) {
+        let (answer, secure, mx_ttl) = match self.dns.mx_secure(domain).await {
+            Err(e) => return (DomainDane::Indeterminate(format!("MX lookup: {e}")), None),
+            Ok(a) => a,
+        };
+        if !secure {
+            return (
+                DomainDane::NotApplicable(format!(
+                    "the MX records of {domain} are not DNSSEC-authenticated"
+                )),
+                mx_ttl,
+            );
+        }
+        let hosts: Vec<String> = match answer {
+            Answer::Records(r) => r
+                .into_iter()
+                .filter(|m| !m.is_null())
+                .map(|m| m.exchange)
+                .collect(),
+            // RFC 7672 §2.2.1: no MX, the domain itself is the host.
+            Answer::NoRecords { nxdomain: false } => vec![domain.to_string()],
+            Answer::NoRecords { nxdomain: true } => {
+                return (
+                    DomainDane::NotApplicable(format!("{domain} does not exist")),
+                    None,
+                )
+            }
+        };
+        let mut results = Vec::with_capacity(hosts.len());
+        for h in &hosts {
+            results.push(self.host(h).await);
+        }
+        let mut ttl = mx_ttl;
+        let mut covered = Vec::new();
+        let mut failures = Vec::new();
+        for (host, (status, t)) in hosts.iter().zip(results) {
+            if let Some(t) = t {
+                ttl = Some(ttl.map_or(t, |x| x.min(t)));
+            }
+            match status {
+                HostDane::Tlsa(records) => covered.push((host.clone(), records)),
+                HostDane::None(_) => {}
+                HostDane::Indeterminate(e) => failures.push(format!("{host}: {e}")),
+            }
+        }
+        if !covered.is_empty() {
+            return (DomainDane::Applies { hosts: covered }, ttl);
+        }
+        if !failures.is_empty() {
+            return (DomainDane::Indeterminate(failures.join("; ")), None);
+        }
+        (
+            DomainDane::NotApplicable(format!(
+                "no MX host of {domain} has usable, authenticated TLSA records"
+            )),
+            ttl,
+        )
+    }
+}
+
+/// Why a chain does not match a host's TLSA records (RFC 8460 §4.3:
+/// `tlsa-invalid`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DaneMismatch(pub String);
+
+fn digest(data: &[u8], matching: u8) -> Option<Vec<u8>> {
+    match matching {
+        0 => Some(data.to_vec()),
+        1 => Some(
+            ring::digest::digest(&ring::digest::SHA256, data)
+                .as_ref()
+                .to_vec(),
+        ),
+        2 => Some(
+            ring::digest::digest(&ring::digest::SHA512, data)
+                .as_ref()
+                .to_vec(),
+        ),
+        _ => None,
+    }
+}
+
+/// Does `cert` match `r` (selector and matching type applied)?
+fn cert_matches(cert: &[u8], r: &TlsaRecord) -> bool {
+    let selected: Vec<u8> = match r.selector {
+        0 => cert.to_vec(),
+        1 => match x509_parser::parse_x509_certificate(cert) {
+            Ok((_, c)) => c.tbs_certificate.subject_pki.raw.to_vec(),
+            Err(_) => return false,
+        },
+        _ => return false,
+    };
+    digest(&selected, r.matching).is_some_and(|d| d == r.data)
+}
+
+/// RFC 7672 §3.1: DANE-EE(3) matches the leaf alone, ignoring names and
+/// dates (§3.1.1); DANE-TA(2) names a trust anchor in the chain, under
+/// which the leaf must chain and be valid for `host` (§3.1.2, §3.2).
+pub fn verify_chain(
+    chain: &[CertificateDer<'_>],
+    records: &[TlsaRecord],
+    host: &str,
+) -> Result<(), DaneMismatch> {
+    let Some(leaf) = chain.first() else {
+        return Err(DaneMismatch("no certificate presented".into()));
+    };
+    if records
+        .iter()
+        .filter(|r| r.usage == 3)
+        .any(|r| cert_matches(leaf.as_ref(), r))
+    {
+        return Ok(());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    for r in records.iter().filter(|r| r.usage == 2) {
+        for ta in chain.iter().filter(|c| cert_matches(c.as_ref(), r)) {
+            let mut roots = RootCertStore::empty();
+            if roots.add(ta.clone().into_owned()).is_err() {
+                continue;
+            }
+            let Ok(verifier) =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+            else {
+                continue;
+            };
+            let Ok(name) = ServerName::try_from(host.to_string()) else {
+                return Err(DaneMismatch(format!("{host} is not a valid server name")));
+            };
+            let intermediates: Vec<CertificateDer<'_>> = chain.iter().skip(1).cloned().collect();
+            if verifier
+                .verify_server_cert(leaf, &intermediates, &name, &[], UnixTime::now())
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Err(DaneMismatch(format!(
+        "the certificate chain of {host} matches none of its {} TLSA records",
+        records.len()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(usage: u8, selector: u8, matching: u8, data: Vec<u8>) -> TlsaRecord {
+        TlsaRecord {
+            usage,
+            selector,
+            matching,
+            data,
+        }
+    }
+
+    #[test]
+    fn only_dane_usages_are_usable() {
+        assert!(usable(&rec(3, 1, 1, vec![1])));
+        assert!(usable(&rec(2, 0, 2, vec![1])));
+        assert!(!usable(&rec(1, 1, 1, vec![1])));
+        assert!(!usable(&rec(0, 1, 1, vec![1])));
+        assert!(!usable(&rec(3, 2, 1, vec![1])));
+        assert!(!usable(&rec(3, 1, 3, vec![1])));
+    }
+
+    #[test]
+    fn garbage_chains_never_match() {
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let r = rec(3, 1, 1, vec![0; 32]);
+        assert!(verify_chain(
+            std::slice::from_ref(&junk),
+            std::slice::from_ref(&r),
+            "mx.test"
+        )
+        .is_err());
+        assert!(verify_chain(&[], &[r], "mx.test").is_err());
+        // Full-certificate exact match works on any bytes.
+        let exact = rec(3, 0, 0, junk.as_ref().to_vec());
+        assert!(verify_chain(&[junk], &[exact], "mx.test").is_ok());
+    }
+}

@@ -1,0 +1,516 @@
+//! TLS-RPT (RFC 8460) for the relay: every delivery session under an
+//! MTA-STS policy (enforce or testing) is counted per policy domain and UTC
+//! day ([`record`]); once a day the previous days' counts become one
+//! aggregate report per domain ([`report`]) for each domain that publishes
+//! `_smtp._tls` with `rua=`, sent gzip-compressed by HTTPS POST or by mail
+//! through the relay's own queue ([`send`]).
+//!
+//! Durability and idempotency, per (domain, day):
+//! - Counts are flushed every `flush_interval` and at shutdown; a crash
+//!   loses at most one interval of counts.
+//! - A report is generated once: it is written (gzip bytes and the `rua`
+//!   URIs still to serve) to `<state_dir>/tlsrpt/reports.json` before its
+//!   counts are removed, and a (domain, day) listed there is never
+//!   generated again. Each URI is crossed off once it took the report (2xx
+//!   answer, or the message is in the queue's spool); the entry is marked
+//!   done when none is left. A restart therefore resumes where it stopped;
+//!   only a crash between a send and the next write of `reports.json` can
+//!   send that one URI the report twice, with the same report-id.
+//! - A URI that failed (network error, non-2xx) is retried by the next
+//!   daily run (and at start-up) until the report is `retry_days` old, then
+//!   dropped with a log line. So is a `_smtp._tls` lookup that fails with a
+//!   DNS error. A domain without a valid TLS-RPT record has its day's
+//!   counts dropped.
+//! - Sessions under an administrator's override policy are not counted:
+//!   the domain never published that policy.
+
+pub mod record;
+pub mod report;
+pub mod send;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::{Config, TlsRptConfig};
+use crate::dns::{Answer as DnsAnswer, Dns};
+use crate::policy::tlsrpt::{discover_tlsrpt, parse_rua_uri, RuaUri, TlsRptDiscovery};
+use crate::relay::Queue;
+use crate::store::{unix_now, PolicySource, StoredPolicy};
+
+use record::{Book, CountsDir, DomainDay, Session};
+use report::{Report, Submitter};
+
+/// Done entries of `reports.json` are kept this many days (so a stale
+/// counts file restored from a backup cannot produce a second report).
+const KEEP_DONE_DAYS: u64 = 60;
+
+/// One report being delivered (an entry of `reports.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportState {
+    pub day: u64,
+    pub domain: String,
+    pub report_id: String,
+    /// The gzipped JSON, base64; emptied once done.
+    #[serde(default)]
+    pub gz: String,
+    /// `rua` URIs that have not taken the report yet.
+    pub pending: Vec<String>,
+    pub done: bool,
+}
+
+/// What one daily run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Reports generated.
+    pub generated: usize,
+    /// (domain, day) whose counts were dropped: no TLS-RPT record.
+    pub no_record: usize,
+    pub posted: usize,
+    pub mailed: usize,
+    /// URI sends that failed (retried by the next run).
+    pub failed: usize,
+    /// Reports given up after `retry_days`.
+    pub expired: usize,
+}
+
+/// Cheap to clone; the relay's deliverer records through it.
+#[derive(Clone)]
+pub struct Tlsrpt {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: TlsRptConfig,
+    who: Submitter,
+    from: String,
+    dir: PathBuf,
+    counts: CountsDir,
+    book: Mutex<Book>,
+    /// One flush at a time, so a file never goes back to older counts.
+    flushing: Mutex<()>,
+    /// The delivery state of generated reports; also serialises runs.
+    reports: tokio::sync::Mutex<Vec<ReportState>>,
+    dns: Dns,
+    client: reqwest::Client,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Rua {
+    Uris(Vec<String>),
+    /// Nothing to report to, and why.
+    None(String),
+    Temporary(String),
+}
+
+impl Tlsrpt {
+    /// Opens `<state_dir>/tlsrpt/`, loading unreported counts and the state
+    /// of reports being delivered.
+    pub fn open(config: &Config, hostname: &str, dns: &Dns) -> Result<Tlsrpt, String> {
+        let cfg = config.relay.tlsrpt.clone();
+        let dir = config.state_dir().join("tlsrpt");
+        let counts = CountsDir::open(&dir.join("counts"))
+            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        let days = counts.load();
+        let reports_path = dir.join("reports.json");
+        let reports: Vec<ReportState> = match record::read_bounded(&reports_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is not valid ({e}); move it away to start afresh",
+                    reports_path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("cannot read {}: {e}", reports_path.display())),
+        };
+        let from = cfg
+            .report_from
+            .clone()
+            .unwrap_or_else(|| format!("tlsrpt-noreply@{hostname}"));
+        let who = Submitter {
+            hostname: hostname.to_string(),
+            organization_name: cfg
+                .organization_name
+                .clone()
+                .unwrap_or_else(|| hostname.to_string()),
+            contact_info: cfg.contact_info.clone().unwrap_or_else(|| from.clone()),
+        };
+        let client = send::https_client(&config.fetch, dns, cfg.post_timeout)?;
+        Ok(Tlsrpt {
+            inner: Arc::new(Inner {
+                cfg,
+                who,
+                from,
+                dir,
+                counts,
+                book: Mutex::new(Book {
+                    days,
+                    dirty: Default::default(),
+                }),
+                flushing: Mutex::new(()),
+                reports: tokio::sync::Mutex::new(reports),
+                dns: dns.clone(),
+                client,
+            }),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.cfg.enabled
+    }
+
+    /// Records one session under an MTA-STS policy (`None`: no policy or
+    /// mode none, nothing is recorded). `result_type` None: TLS was
+    /// negotiated and the certificate validated; else the RFC 8460 §4.3
+    /// result type of the failure.
+    pub fn sts(
+        &self,
+        policy: Option<&StoredPolicy>,
+        mx: &str,
+        receiving_ip: Option<IpAddr>,
+        sending_ip: Option<IpAddr>,
+        result_type: Option<&str>,
+    ) {
+        let Some(p) = policy else {
+            return;
+        };
+        if !self.enabled() || matches!(p.source, PolicySource::Override { .. }) {
+            return;
+        }
+        let lines: Vec<String> = p
+            .body
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        let mx_host: Vec<String> = p.policy.mx.iter().map(|m| m.to_string()).collect();
+        self.record(
+            unix_now() / 86_400,
+            &Session {
+                policy_type: record::POLICY_STS,
+                policy_domain: &p.domain,
+                policy_string: &lines,
+                mx_host: &mx_host,
+                result_type,
+                sending_mta_ip: sending_ip,
+                receiving_mx_hostname: Some(mx),
+                receiving_ip,
+            },
+        );
+    }
+
+    /// Records one session on `day` (days since 1970-01-01, UTC).
+    pub fn record(&self, day: u64, session: &Session<'_>) {
+        if self.enabled() {
+            lock(&self.inner.book).add(day, session);
+        }
+    }
+
+    /// The counts of `domain` on `day` not yet reported.
+    pub fn counts(&self, day: u64, domain: &str) -> Option<DomainDay> {
+        lock(&self.inner.book)
+            .days
+            .get(&day)
+            .and_then(|m| m.get(domain))
+            .cloned()
+    }
+
+    /// The report `domain` would get for `day` from the current counts.
+    pub fn report(&self, day: u64, domain: &str) -> Option<Report> {
+        let counts = self.counts(day, domain)?;
+        Some(report::build(day, domain, &counts, &self.inner.who))
+    }
+
+    /// Where the files are: `<state_dir>/tlsrpt`.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+
+    /// Writes the changed days' counts to disk (blocking).
+    pub fn flush_blocking(&self) -> std::io::Result<()> {
+        let _one = lock(&self.inner.flushing);
+        let work = lock(&self.inner.book).take_dirty();
+        let mut result = Ok(());
+        for (day, map) in work {
+            if let Err(e) = self.inner.counts.store(day, &map) {
+                // Written at the next flush.
+                lock(&self.inner.book).dirty.insert(day);
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    pub async fn flush(&self) {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.flush_blocking()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(dir = %self.inner.dir.display(), error = %e, "cannot write TLS-RPT counts; retrying at the next flush")
+            }
+            Err(e) => tracing::error!(error = %e, "TLS-RPT flush task failed"),
+        }
+    }
+
+    /// The delivery state of generated reports.
+    pub async fn report_states(&self) -> Vec<ReportState> {
+        self.inner.reports.lock().await.clone()
+    }
+
+    async fn save_reports(&self, reports: &[ReportState]) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(reports).map_err(std::io::Error::other)?;
+        let path = self.inner.dir.join("reports.json");
+        tokio::task::spawn_blocking(move || record::write_atomic(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn rua(&self, domain: &str) -> Rua {
+        let name = format!("_smtp._tls.{domain}");
+        match self.inner.dns.txt(&name).await {
+            Err(e) => Rua::Temporary(e.to_string()),
+            Ok(DnsAnswer::NoRecords { .. }) => Rua::None("no TXT record".into()),
+            Ok(DnsAnswer::Records(records)) => match discover_tlsrpt(records) {
+                TlsRptDiscovery::Found(r) if !r.rua.is_empty() => {
+                    Rua::Uris(r.rua.iter().map(|u| u.as_str().to_string()).collect())
+                }
+                TlsRptDiscovery::Found(_) => Rua::None("no usable rua= URI".into()),
+                TlsRptDiscovery::NoRecord => Rua::None("no v=TLSRPTv1 record".into()),
+                TlsRptDiscovery::Multiple(n) => {
+                    Rua::None(format!("{n} v=TLSRPTv1 records (RFC 8460 §3: none used)"))
+                }
+                TlsRptDiscovery::Invalid(e) => Rua::None(format!("invalid record: {e}")),
+            },
+        }
+    }
+
+    /// The daily job for `today` (days since 1970-01-01, UTC): reports every
+    /// earlier day not yet reported, and retries reports whose URIs failed.
+    /// Running it twice sends nothing twice.
+    pub async fn run_reports(&self, today: u64, queue: &Queue) -> RunSummary {
+        let mut summary = RunSummary::default();
+        let mut reports = self.inner.reports.lock().await;
+        let retry_days = self.inner.cfg.retry_days;
+
+        // 1. Generate.
+        let due: Vec<(u64, String, DomainDay)> = lock(&self.inner.book)
+            .days
+            .range(..today)
+            .flat_map(|(day, m)| m.iter().map(|(d, c)| (*day, d.clone(), c.clone())))
+            .collect();
+        for (day, domain, counts) in due {
+            if reports.iter().any(|r| r.day == day && r.domain == domain) {
+                // Generated before a crash that kept the counts file.
+                lock(&self.inner.book).remove(day, &domain);
+                continue;
+            }
+            let uris = match self.rua(&domain).await {
+                Rua::Temporary(e) => {
+                    if today > day.saturating_add(retry_days) {
+                        tracing::warn!(domain = %domain, day = %record::day_name(day), error = %e, "TLS-RPT record still not resolvable; counts of that day dropped");
+                        lock(&self.inner.book).remove(day, &domain);
+                    } else {
+                        tracing::warn!(domain = %domain, day = %record::day_name(day), error = %e, "cannot look up the TLS-RPT record; retrying at the next run");
+                    }
+                    continue;
+                }
+                Rua::None(why) => {
+                    tracing::info!(domain = %domain, day = %record::day_name(day), reason = %why, "no TLS-RPT record; counts of that day dropped");
+                    summary.no_record += 1;
+                    lock(&self.inner.book).remove(day, &domain);
+                    continue;
+                }
+                Rua::Uris(u) => u,
+            };
+            let report = report::build(day, &domain, &counts, &self.inner.who);
+            let gz = match report::gzip_json(&report) {
+                Ok(gz) => gz,
+                Err(e) => {
+                    tracing::error!(domain = %domain, error = %e, "cannot compress the TLS-RPT report");
+                    continue;
+                }
+            };
+            reports.push(ReportState {
+                day,
+                domain: domain.clone(),
+                report_id: report.report_id.clone(),
+                gz: STANDARD.encode(&gz),
+                pending: uris,
+                done: false,
+            });
+            // The report is durable before its counts go.
+            if let Err(e) = self.save_reports(&reports).await {
+                tracing::error!(error = %e, "cannot save the TLS-RPT report state; retrying at the next run");
+                reports.pop();
+                continue;
+            }
+            summary.generated += 1;
+            tracing::info!(domain = %domain, day = %record::day_name(day), report_id = %report.report_id, "TLS-RPT report generated");
+            lock(&self.inner.book).remove(day, &domain);
+        }
+        self.flush().await;
+
+        // 2. Deliver what is pending.
+        for i in 0..reports.len() {
+            let Some(r) = reports.get(i).filter(|r| !r.done).cloned() else {
+                continue;
+            };
+            let mut still = Vec::new();
+            let gz = match STANDARD.decode(r.gz.as_bytes()) {
+                Ok(gz) if !gz.is_empty() => gz,
+                _ => {
+                    tracing::error!(domain = %r.domain, report_id = %r.report_id, "stored TLS-RPT report is damaged; dropped");
+                    if let Some(entry) = reports.get_mut(i) {
+                        entry.done = true;
+                        entry.pending.clear();
+                    }
+                    summary.expired += 1;
+                    continue;
+                }
+            };
+            for uri in &r.pending {
+                match self.send_one(&r, uri, &gz, queue).await {
+                    Ok(Sent::Posted) => summary.posted += 1,
+                    Ok(Sent::Mailed) => summary.mailed += 1,
+                    Ok(Sent::Unusable) => {}
+                    Err(()) => {
+                        summary.failed += 1;
+                        still.push(uri.clone());
+                    }
+                }
+            }
+            let Some(entry) = reports.get_mut(i) else {
+                continue;
+            };
+            if still.is_empty() {
+                entry.done = true;
+            } else if today > r.day.saturating_add(retry_days) {
+                tracing::warn!(domain = %r.domain, report_id = %r.report_id, uris = ?still, "TLS-RPT report not accepted within relay.tlsrpt.retry_days; dropped");
+                summary.expired += 1;
+                entry.done = true;
+            }
+            if entry.done {
+                entry.gz.clear();
+            }
+            entry.pending = still;
+            if let Err(e) = self.save_reports(&reports).await {
+                tracing::error!(error = %e, "cannot save the TLS-RPT report state; a restart may send a report again");
+            }
+        }
+
+        // 3. Forget old done entries.
+        let before = reports.len();
+        reports.retain(|r| !r.done || r.day.saturating_add(KEEP_DONE_DAYS) >= today);
+        if reports.len() != before {
+            if let Err(e) = self.save_reports(&reports).await {
+                tracing::error!(error = %e, "cannot save the TLS-RPT report state");
+            }
+        }
+        summary
+    }
+
+    async fn send_one(
+        &self,
+        r: &ReportState,
+        uri: &str,
+        gz: &[u8],
+        queue: &Queue,
+    ) -> Result<Sent, ()> {
+        match parse_rua_uri(uri) {
+            Err(e) => {
+                tracing::warn!(domain = %r.domain, uri = %uri, error = %e, "unusable TLS-RPT URI skipped");
+                Ok(Sent::Unusable)
+            }
+            Ok(RuaUri::Https { .. }) => match send::post(&self.inner.client, uri, gz).await {
+                Ok(status) => {
+                    tracing::info!(domain = %r.domain, report_id = %r.report_id, uri = %uri, status, "TLS-RPT report posted");
+                    Ok(Sent::Posted)
+                }
+                Err(e) => {
+                    tracing::warn!(domain = %r.domain, report_id = %r.report_id, uri = %uri, error = %e, "TLS-RPT report POST failed; retrying at the next run");
+                    Err(())
+                }
+            },
+            Ok(RuaUri::Mailto { address, .. }) => {
+                if !send::plain_address(&address) {
+                    tracing::warn!(domain = %r.domain, uri = %uri, "TLS-RPT mailto: address unusable in an envelope; skipped");
+                    return Ok(Sent::Unusable);
+                }
+                let mail = send::Mail {
+                    from: &self.inner.from,
+                    to: &address,
+                    domain: &r.domain,
+                    submitter: &self.inner.who.hostname,
+                    report_id: &r.report_id,
+                    day: r.day,
+                    now: unix_now(),
+                    gz,
+                };
+                match send::queue_mail(queue, &mail).await {
+                    Ok(id) => {
+                        tracing::info!(domain = %r.domain, report_id = %r.report_id, to = %address, queue_id = %id, "TLS-RPT report queued for mail");
+                        Ok(Sent::Mailed)
+                    }
+                    Err(e) => {
+                        tracing::error!(domain = %r.domain, report_id = %r.report_id, error = %e, "cannot queue the TLS-RPT report; retrying at the next run");
+                        Err(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes every `flush_interval` and runs the daily job once per UTC
+    /// day, `send_delay` after midnight (and at start-up once that time has
+    /// passed); flushes once more at `shutdown`.
+    pub async fn run(self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+        if !self.enabled() {
+            return;
+        }
+        let mut last_run: Option<u64> = None;
+        let delay = self.inner.cfg.send_delay.as_secs();
+        loop {
+            let now = unix_now();
+            let today = now / 86_400;
+            if last_run != Some(today) && now % 86_400 >= delay {
+                let s = self.run_reports(today, &queue).await;
+                if s != RunSummary::default() {
+                    tracing::info!(
+                        generated = s.generated,
+                        posted = s.posted,
+                        mailed = s.mailed,
+                        failed = s.failed,
+                        no_record = s.no_record,
+                        expired = s.expired,
+                        "TLS-RPT daily run done"
+                    );
+                }
+                last_run = Some(today);
+            }
+            self.flush().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.cfg.flush_interval.max(Duration::from_secs(1))) => {}
+                _ = shutdown.changed() => {
+                    self.flush().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Sent {
+    Posted,
+    Mailed,
+    /// The URI can never work; not retried.
+    Unusable,
+}

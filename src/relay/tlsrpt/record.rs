@@ -1,0 +1,358 @@
+//! The counts behind TLS-RPT reports: per UTC day and policy domain, per
+//! policy (type and text), the successful sessions and the failed ones
+//! grouped by (result type, sending IP, MX host name, MX IP).
+//!
+//! Counts live in memory (a mutex around a small map, so the delivery path
+//! pays one lock and a few comparisons) and are written to
+//! `<state_dir>/tlsrpt/counts/<YYYY-MM-DD>.json` every
+//! `relay.tlsrpt.flush_interval` and at shutdown, each file replaced
+//! atomically (write, fsync, rename, fsync directory). A crash loses at most
+//! the counts of the last interval; a restart loads the files back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// RFC 8460 §4.4 `policy-type` of an MTA-STS policy.
+pub const POLICY_STS: &str = "sts";
+/// RFC 8460 §4.4 `policy-type` of DANE TLSA records.
+pub const POLICY_TLSA: &str = "tlsa";
+
+/// Longest counts file read back.
+const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// One failure group of RFC 8460 §4.4 `failure-details`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FailureCount {
+    pub result_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_mta_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiving_mx_hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiving_ip: Option<IpAddr>,
+    pub count: u64,
+}
+
+/// The counts of one policy of one domain on one day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounts {
+    /// `sts` (or `tlsa`, once DANE records sessions).
+    pub policy_type: String,
+    /// The policy text, one entry per line (`policy-string`).
+    pub policy_string: Vec<String>,
+    /// The policy's `mx:` patterns (`mx-host`).
+    pub mx_host: Vec<String>,
+    pub success: u64,
+    pub failures: Vec<FailureCount>,
+}
+
+impl PolicyCounts {
+    pub fn failure_total(&self) -> u64 {
+        self.failures
+            .iter()
+            .fold(0u64, |n, f| n.saturating_add(f.count))
+    }
+}
+
+/// Everything recorded for one policy domain on one day. A policy that
+/// changed during the day gives a second entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainDay {
+    pub policies: Vec<PolicyCounts>,
+}
+
+/// What a session under a policy came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session<'a> {
+    pub policy_type: &'static str,
+    pub policy_domain: &'a str,
+    pub policy_string: &'a [String],
+    pub mx_host: &'a [String],
+    /// None: TLS was negotiated and validated under the policy.
+    pub result_type: Option<&'a str>,
+    pub sending_mta_ip: Option<IpAddr>,
+    pub receiving_mx_hostname: Option<&'a str>,
+    pub receiving_ip: Option<IpAddr>,
+}
+
+/// Counts of every day not yet reported, and which days changed since the
+/// last flush.
+#[derive(Debug, Default)]
+pub struct Book {
+    pub days: BTreeMap<u64, BTreeMap<String, DomainDay>>,
+    pub dirty: BTreeSet<u64>,
+}
+
+impl Book {
+    pub fn add(&mut self, day: u64, s: &Session<'_>) {
+        let domain = self
+            .days
+            .entry(day)
+            .or_default()
+            .entry(s.policy_domain.to_string())
+            .or_default();
+        let i = match domain.policies.iter().position(|p| {
+            p.policy_type == s.policy_type
+                && p.policy_string == s.policy_string
+                && p.mx_host == s.mx_host
+        }) {
+            Some(i) => i,
+            None => {
+                domain.policies.push(PolicyCounts {
+                    policy_type: s.policy_type.to_string(),
+                    policy_string: s.policy_string.to_vec(),
+                    mx_host: s.mx_host.to_vec(),
+                    success: 0,
+                    failures: Vec::new(),
+                });
+                domain.policies.len() - 1
+            }
+        };
+        let Some(p) = domain.policies.get_mut(i) else {
+            return;
+        };
+        match s.result_type {
+            None => p.success = p.success.saturating_add(1),
+            Some(rt) => {
+                let found = p.failures.iter_mut().find(|f| {
+                    f.result_type == rt
+                        && f.sending_mta_ip == s.sending_mta_ip
+                        && f.receiving_mx_hostname.as_deref() == s.receiving_mx_hostname
+                        && f.receiving_ip == s.receiving_ip
+                });
+                match found {
+                    Some(f) => f.count = f.count.saturating_add(1),
+                    None => p.failures.push(FailureCount {
+                        result_type: rt.to_string(),
+                        sending_mta_ip: s.sending_mta_ip,
+                        receiving_mx_hostname: s.receiving_mx_hostname.map(str::to_string),
+                        receiving_ip: s.receiving_ip,
+                        count: 1,
+                    }),
+                }
+            }
+        }
+        self.dirty.insert(day);
+    }
+
+    /// Takes what a flush must write: (day, that day's counts) per changed
+    /// day; an empty map means the file goes.
+    pub fn take_dirty(&mut self) -> Vec<(u64, BTreeMap<String, DomainDay>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|d| (d, self.days.get(&d).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Forgets `domain` on `day` (reported or dropped).
+    pub fn remove(&mut self, day: u64, domain: &str) {
+        if let Some(map) = self.days.get_mut(&day) {
+            if map.remove(domain).is_some() {
+                self.dirty.insert(day);
+            }
+            if map.is_empty() {
+                self.days.remove(&day);
+            }
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
+pub fn day_name(day: u64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The day number of a `YYYY-MM-DD` name, for files read back.
+pub fn parse_day_name(name: &str) -> Option<u64> {
+    let mut parts = name.split('-');
+    let y: u64 = parts.next()?.parse().ok()?;
+    let m: u64 = parts.next()?.parse().ok()?;
+    let d: u64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
+        return None;
+    }
+    // Inverse of civil_from_days (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    (day_name(days) == name).then_some(days)
+}
+
+// Howard Hinnant's days-to-civil algorithm (as in `dsn`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+pub(crate) fn mkdir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Replaces `path` with `bytes` atomically and durably: temporary file,
+/// fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Reads a file of at most [`MAX_FILE`] bytes.
+pub(crate) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?.take(MAX_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_FILE {
+        return Err(io::Error::other("file too large"));
+    }
+    Ok(buf)
+}
+
+/// The counts files under `dir` (`<dir>/<YYYY-MM-DD>.json`).
+pub struct CountsDir {
+    dir: PathBuf,
+}
+
+impl CountsDir {
+    pub fn open(dir: &Path) -> io::Result<CountsDir> {
+        mkdir(dir)?;
+        Ok(CountsDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, day: u64) -> PathBuf {
+        self.dir.join(format!("{}.json", day_name(day)))
+    }
+
+    /// Every day's counts on disk. Unreadable files are renamed
+    /// `*.corrupt` and logged, so one bad file does not stop the relay.
+    pub fn load(&self) -> BTreeMap<u64, BTreeMap<String, DomainDay>> {
+        let mut out = BTreeMap::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(day) = name.strip_suffix(".json").and_then(parse_day_name) else {
+                continue;
+            };
+            let path = entry.path();
+            let parsed = read_bounded(&path).and_then(|b| {
+                serde_json::from_slice::<BTreeMap<String, DomainDay>>(&b).map_err(io::Error::other)
+            });
+            match parsed {
+                Ok(map) => {
+                    out.insert(day, map);
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "unreadable TLS-RPT counts file set aside");
+                    let _ = fs::rename(&path, path.with_extension("corrupt"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes (or, for an empty map, removes) one day's file.
+    pub fn store(&self, day: u64, map: &BTreeMap<String, DomainDay>) -> io::Result<()> {
+        let path = self.path(day);
+        if map.is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => File::open(&self.dir)?.sync_all(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let bytes = serde_json::to_vec(map).map_err(io::Error::other)?;
+        write_atomic(&path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session<'a>(rt: Option<&'a str>, lines: &'a [String]) -> Session<'a> {
+        Session {
+            policy_type: POLICY_STS,
+            policy_domain: "example.test",
+            policy_string: lines,
+            mx_host: &[],
+            result_type: rt,
+            sending_mta_ip: None,
+            receiving_mx_hostname: Some("mx.example.test"),
+            receiving_ip: Some(IpAddr::from([127, 0, 0, 1])),
+        }
+    }
+
+    #[test]
+    fn day_names_round_trip() {
+        assert_eq!(day_name(0), "1970-01-01");
+        assert_eq!(day_name(20_000), "2024-10-04");
+        for d in [0, 59, 60, 365, 11_016, 20_000, 20_454, 47_000] {
+            assert_eq!(parse_day_name(&day_name(d)), Some(d), "{d}");
+        }
+        assert_eq!(parse_day_name("2024-02-30"), None);
+        assert_eq!(parse_day_name("x"), None);
+    }
+
+    #[test]
+    fn groups_by_policy_and_failure() {
+        let a = vec!["version: STSv1".to_string(), "mode: enforce".to_string()];
+        let b = vec!["version: STSv1".to_string(), "mode: testing".to_string()];
+        let mut book = Book::default();
+        book.add(5, &session(None, &a));
+        book.add(5, &session(None, &a));
+        book.add(5, &session(Some("certificate-expired"), &a));
+        book.add(5, &session(Some("certificate-expired"), &a));
+        book.add(5, &session(Some("starttls-not-supported"), &a));
+        book.add(5, &session(None, &b));
+        let d = &book.days[&5]["example.test"];
+        assert_eq!(d.policies.len(), 2);
+        assert_eq!(d.policies[0].success, 2);
+        assert_eq!(d.policies[0].failures.len(), 2);
+        assert_eq!(d.policies[0].failure_total(), 3);
+        assert_eq!(d.policies[1].success, 1);
+        assert_eq!(book.take_dirty().len(), 1);
+        book.remove(5, "example.test");
+        assert!(book.days.is_empty());
+        assert_eq!(book.take_dirty(), vec![(5, BTreeMap::new())]);
+    }
+}

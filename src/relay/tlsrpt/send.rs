@@ -1,0 +1,183 @@
+//! Delivery of a report to one `rua=` URI: HTTPS POST (RFC 8460 §5.4) or a
+//! message through the relay's own queue (§5.3).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::record::day_name;
+use super::report::day_bounds;
+use crate::config::FetchConfig;
+use crate::dns::Dns;
+use crate::relay::spool::Envelope;
+use crate::relay::Queue;
+
+/// An HTTPS client built like the policy fetcher's: same trust anchors,
+/// our DNS, no redirects (a report is not re-sent somewhere the record
+/// did not name), one deadline for the whole exchange.
+pub fn https_client(
+    fetch: &FetchConfig,
+    dns: &Dns,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    crate::fetch::init_crypto();
+    let (roots, _) = crate::fetch::trust_roots(fetch)?;
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(dns.clone()))
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .http1_only()
+        .user_agent(concat!("mta-sts-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the TLS-RPT HTTPS client: {e}"))
+}
+
+/// POSTs the gzipped report; Ok on a 2xx answer. The answer's body is not
+/// read; the client's deadline bounds everything.
+pub async fn post(client: &reqwest::Client, uri: &str, gz: &[u8]) -> Result<u16, String> {
+    let response = client
+        .post(uri)
+        .header(reqwest::header::CONTENT_TYPE, "application/tlsrpt+gzip")
+        .body(gz.to_vec())
+        .send()
+        .await
+        .map_err(|e| {
+            let mut text = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(s) = cur {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                cur = s.source();
+            }
+            text
+        })?;
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        Ok(status)
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// What a mailed report needs.
+pub struct Mail<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub domain: &'a str,
+    /// Our host name (`TLS-Report-Submitter`).
+    pub submitter: &'a str,
+    pub report_id: &'a str,
+    pub day: u64,
+    pub now: u64,
+    pub gz: &'a [u8],
+}
+
+/// True for an address safe to put in an envelope and a header: one
+/// `local@domain` word, no controls, spaces or angle brackets.
+pub fn plain_address(a: &str) -> bool {
+    a.len() <= 512
+        && a.contains('@')
+        && !a
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | '"' | ','))
+}
+
+/// The RFC 8460 §5.3 message: `multipart/report; report-type="tlsrpt"`
+/// with a text/plain part and the base64 `application/tlsrpt+gzip` report
+/// named `<submitter>!<policy-domain>!<begin>!<end>!<unique-id>.json.gz`.
+pub fn message(m: &Mail<'_>) -> Vec<u8> {
+    let (begin, end) = day_bounds(m.day);
+    let date = day_name(m.day);
+    let unique: String = date.chars().filter(|c| c.is_ascii_digit()).collect();
+    let filename = format!(
+        "{}!{}!{begin}!{end}!{unique}.json.gz",
+        m.submitter, m.domain
+    );
+    // The base64 alphabet has no '-' or '=' runs like this, and the text
+    // part is ours: the boundary cannot occur inside a part.
+    let boundary = format!("----=_tlsrpt_{unique}_{}", m.now);
+    let mut b64 = String::new();
+    let encoded = STANDARD.encode(m.gz);
+    for chunk in encoded.as_bytes().chunks(76) {
+        b64.push_str(&String::from_utf8_lossy(chunk));
+        b64.push_str("\r\n");
+    }
+    let mut out = String::with_capacity(b64.len() + 2048);
+    out.push_str(&format!("From: <{}>\r\n", m.from));
+    out.push_str(&format!("To: <{}>\r\n", m.to));
+    out.push_str(&format!(
+        "Date: {}\r\n",
+        crate::relay::dsn::rfc5322_date(m.now)
+    ));
+    out.push_str(&format!(
+        "Message-ID: <tlsrpt.{unique}.{}.{}@{}>\r\n",
+        m.domain, m.now, m.submitter
+    ));
+    // RFC 8460 §5.3: Subject and the two TLS-Report-* fields.
+    out.push_str(&format!(
+        "Subject: Report Domain: {}\r\n Submitter: {}\r\n Report-ID: <{}>\r\n",
+        m.domain, m.submitter, m.report_id
+    ));
+    out.push_str(&format!("TLS-Report-Domain: {}\r\n", m.domain));
+    out.push_str(&format!("TLS-Report-Submitter: {}\r\n", m.submitter));
+    // RFC 3834 §5: no auto-responder should answer a report.
+    out.push_str("Auto-Submitted: auto-generated\r\n");
+    out.push_str("MIME-Version: 1.0\r\n");
+    out.push_str(&format!(
+        "Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n\tboundary=\"{boundary}\"\r\n"
+    ));
+    out.push_str("\r\nThis is a multipart message in MIME format.\r\n");
+    out.push_str(&format!("\r\n--{boundary}\r\n"));
+    out.push_str("Content-Type: text/plain; charset=\"us-ascii\"\r\n");
+    out.push_str("Content-Transfer-Encoding: 7bit\r\n\r\n");
+    out.push_str(&format!(
+        "This is an aggregate TLS report (RFC 8460) from {} about mail sent\r\n\
+         to {} on {date} (UTC). The report is attached.\r\n",
+        m.submitter, m.domain
+    ));
+    out.push_str(&format!("\r\n--{boundary}\r\n"));
+    out.push_str("Content-Type: application/tlsrpt+gzip\r\n");
+    out.push_str("Content-Transfer-Encoding: base64\r\n");
+    out.push_str(&format!(
+        "Content-Disposition: attachment;\r\n\tfilename=\"{filename}\"\r\n\r\n"
+    ));
+    out.push_str(&b64);
+    out.push_str(&format!("\r\n--{boundary}--\r\n"));
+    out.into_bytes()
+}
+
+/// Queues a mailed report to `to`, with the null reverse-path: a report
+/// that cannot be delivered is dropped (logged), never bounced to an
+/// address nobody reads. Durable once this returns.
+pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
+    let text = message(m);
+    let envelope = Envelope {
+        id: String::new(),
+        sender: String::new(),
+        recipients: vec![m.to.to_string()],
+        arrival: m.now,
+        client: format!("TLS-RPT report {}", m.report_id),
+        smtputf8: !m.to.is_ascii(),
+        body_8bit: false,
+    };
+    let spool = queue.spool().clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let mut w = spool.create(envelope)?;
+        w.write(&text)?;
+        w.commit()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let id = committed.envelope.id.clone();
+    queue.accept(committed);
+    Ok(id)
+}

@@ -1,0 +1,205 @@
+//! A real DNSSEC set-up on loopback: zones signed at test time with
+//! `ldns-signzone`, served by NSD, and Unbound as the validating resolver
+//! the agent is pointed at (with the zones' DS records as trust anchors),
+//! exactly as a site runs a local validating resolver for Postfix's DANE.
+//!
+//! Debian packages: unbound, nsd, ldnsutils (CI installs them).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How a zone is published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signing {
+    /// Signed, with a trust anchor: answers validate (AD bit).
+    Secure,
+    /// Unsigned and declared insecure: answers never carry AD.
+    Insecure,
+    /// Signed, then one record's data changed after signing: that RRset is
+    /// bogus (the resolver answers SERVFAIL for it).
+    Tampered { from: String, to: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct ZoneSpec {
+    /// e.g. `dane.test`
+    pub name: String,
+    /// Zone-file lines relative to the zone, e.g. `@ IN MX 10 mx1`.
+    pub records: Vec<String>,
+    pub signing: Signing,
+}
+
+/// NSD and Unbound processes; killed when dropped.
+pub struct SignedDns {
+    /// Where the validating resolver listens (UDP and TCP).
+    pub addr: SocketAddr,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SignedDns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const TOOLS: [&str; 4] = [
+    "/usr/sbin/unbound",
+    "/usr/sbin/nsd",
+    "/usr/bin/ldns-signzone",
+    "/usr/bin/ldns-keygen",
+];
+
+/// True when Unbound, NSD and ldns are installed; under CI their absence
+/// is a failure.
+pub fn available() -> bool {
+    if TOOLS.iter().all(|t| Path::new(t).exists()) {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "DNSSEC tests need unbound, nsd and ldnsutils (apt-get install unbound nsd ldnsutils)"
+        );
+    }
+    println!("skipped: needs unbound, nsd and ldnsutils");
+    false
+}
+
+fn run(dir: &Path, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn free_port() -> u16 {
+    // Free for TCP and, in practice, UDP on loopback.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+impl SignedDns {
+    pub async fn start(zones: &[ZoneSpec]) -> SignedDns {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let (auth_port, resolver_port) = (free_port(), free_port());
+        let mut anchors = Vec::new();
+        let mut insecure = Vec::new();
+        let mut nsd_zones = String::new();
+        let mut stubs = String::new();
+        for z in zones {
+            let mut text = format!(
+                "$ORIGIN {n}.\n$TTL 300\n@ IN SOA ns.{n}. admin.{n}. 1 3600 600 86400 300\n@ IN NS ns.{n}.\nns IN A 127.0.0.1\n",
+                n = z.name
+            );
+            for r in &z.records {
+                text.push_str(r);
+                text.push('\n');
+            }
+            let file = format!("{}.zone", z.name);
+            std::fs::write(d.join(&file), text).expect("write zone");
+            let served = match &z.signing {
+                Signing::Insecure => {
+                    insecure.push(z.name.clone());
+                    file
+                }
+                Signing::Secure | Signing::Tampered { .. } => {
+                    let ksk = run(d, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", &z.name]);
+                    let zsk = run(d, "ldns-keygen", &["-a", "ECDSAP256SHA256", &z.name]);
+                    run(d, "ldns-signzone", &[&file, &ksk, &zsk]);
+                    let ds = std::fs::read_to_string(d.join(format!("{ksk}.ds"))).expect("DS");
+                    anchors.push(ds.trim().to_string());
+                    let signed = format!("{file}.signed");
+                    if let Signing::Tampered { from, to } = &z.signing {
+                        let path = d.join(&signed);
+                        let text = std::fs::read_to_string(&path).expect("signed zone");
+                        assert!(
+                            text.contains(from.as_str()),
+                            "{from} not in the signed zone"
+                        );
+                        std::fs::write(&path, text.replace(from.as_str(), to)).expect("tamper");
+                    }
+                    signed
+                }
+            };
+            nsd_zones.push_str(&format!(
+                "zone:\n  name: \"{}\"\n  zonefile: \"{served}\"\n",
+                z.name
+            ));
+            stubs.push_str(&format!(
+                "stub-zone:\n  name: \"{}\"\n  stub-addr: 127.0.0.1@{auth_port}\n",
+                z.name
+            ));
+        }
+        let dp = d.display();
+        let nsd_conf = format!(
+            "server:\n  ip-address: 127.0.0.1@{auth_port}\n  username: \"\"\n  chroot: \"\"\n  zonesdir: \"{dp}\"\n  database: \"\"\n  zonelistfile: \"{dp}/zone.list\"\n  xfrdfile: \"{dp}/xfrd.state\"\n  pidfile: \"{dp}/nsd.pid\"\n  logfile: \"{dp}/nsd.log\"\n  xfrdir: \"{dp}\"\n  server-count: 1\n  verbosity: 1\nremote-control:\n  control-enable: no\n{nsd_zones}"
+        );
+        std::fs::write(d.join("nsd.conf"), nsd_conf).expect("nsd.conf");
+        let mut unbound_conf = format!(
+            "server:\n  interface: 127.0.0.1@{resolver_port}\n  port: {resolver_port}\n  do-ip6: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"{dp}\"\n  pidfile: \"{dp}/unbound.pid\"\n  use-syslog: no\n  logfile: \"{dp}/unbound.log\"\n  verbosity: 1\n  do-not-query-localhost: no\n  module-config: \"validator iterator\"\n  qname-minimisation: no\n  access-control: 127.0.0.0/8 allow\n  local-zone: \"test.\" nodefault\n  val-log-level: 2\n"
+        );
+        for a in &anchors {
+            unbound_conf.push_str(&format!("  trust-anchor: \"{a}\"\n"));
+        }
+        for z in &insecure {
+            unbound_conf.push_str(&format!("  domain-insecure: \"{z}\"\n"));
+        }
+        unbound_conf.push_str("remote-control:\n  control-enable: no\n");
+        unbound_conf.push_str(&stubs);
+        std::fs::write(d.join("unbound.conf"), unbound_conf).expect("unbound.conf");
+
+        let spawn = |cmd: &str, conf: &str| {
+            Command::new(cmd)
+                .args(["-d", "-c", conf])
+                .current_dir(d)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+        };
+        let children = vec![
+            spawn("/usr/sbin/nsd", "nsd.conf"),
+            spawn("/usr/sbin/unbound", "unbound.conf"),
+        ];
+        let addr = SocketAddr::from(([127, 0, 0, 1], resolver_port));
+        let auth = SocketAddr::from(([127, 0, 0, 1], auth_port));
+        let mut ready = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && tokio::net::TcpStream::connect(auth).await.is_ok()
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        assert!(
+            ready,
+            "NSD or Unbound did not start:\n{}\n{}",
+            log("nsd.log"),
+            log("unbound.log")
+        );
+        SignedDns {
+            addr,
+            children,
+            _dir: dir,
+        }
+    }
+}
