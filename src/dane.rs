@@ -68,6 +68,7 @@ pub fn tlsa_name(host: &str) -> String {
 pub struct Dane {
     dns: Dns,
     domains: moka::future::Cache<String, (Arc<DomainDane>, Instant)>,
+    refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     min_ttl: Duration,
 }
 
@@ -83,8 +84,9 @@ impl Dane {
             dns,
             domains: moka::future::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(3600))
+                .time_to_live(Duration::from_secs(2 * 3600))
                 .build(),
+            refreshing: Arc::default(),
             min_ttl,
         }
     }
@@ -116,13 +118,35 @@ impl Dane {
     }
 
     /// DANE status of `domain`, kept for the smallest TTL involved (within
-    /// `min_ttl` and an hour).
+    /// `min_ttl` and an hour). A stale status is answered at once while a
+    /// background lookup refreshes it, so only the first lookup of a domain
+    /// waits on DNS (the socketmap hot path).
     pub async fn domain(&self, domain: &str) -> Arc<DomainDane> {
         if let Some((d, until)) = self.domains.get(domain).await {
-            if Instant::now() < until {
-                return d;
+            if Instant::now() >= until {
+                let claimed = self
+                    .refreshing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(domain.to_string());
+                if claimed {
+                    let me = self.clone();
+                    let name = domain.to_string();
+                    tokio::spawn(async move {
+                        me.refresh(&name).await;
+                        me.refreshing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&name);
+                    });
+                }
             }
+            return d;
         }
+        self.refresh(domain).await
+    }
+
+    async fn refresh(&self, domain: &str) -> Arc<DomainDane> {
         let (status, ttl) = self.lookup_domain(domain).await;
         if let DomainDane::Indeterminate(why) = &status {
             tracing::warn!(domain, reason = %why, "DNSSEC lookups failed: DANE status unknown; MTA-STS applies alone (still validated TLS)");

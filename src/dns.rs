@@ -231,6 +231,38 @@ impl Dns {
         }
     }
 
+    /// MX records in preference order (stable for equal ones), exchange
+    /// names in lower-case A-label form without the trailing dot.
+    fn mx_records(answer: Answer<RData>) -> Answer<MxRecord> {
+        let mut answer = Self::map(answer, |d| match d {
+            RData::MX(mx) => Some(MxRecord {
+                preference: mx.preference,
+                exchange: mx
+                    .exchange
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            }),
+            _ => None,
+        });
+        if let Answer::Records(r) = &mut answer {
+            r.sort_by_key(|m| m.preference);
+        }
+        answer
+    }
+
+    fn tlsa_records(answer: Answer<RData>) -> Answer<TlsaRecord> {
+        Self::map(answer, |d| match d {
+            RData::TLSA(t) => Some(TlsaRecord {
+                usage: t.cert_usage.into(),
+                selector: t.selector.into(),
+                matching: t.matching.into(),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        })
+    }
+
     fn map<T>(answer: Answer<RData>, f: impl Fn(RData) -> Option<T>) -> Answer<T> {
         match answer {
             Answer::Records(r) => {
@@ -256,21 +288,7 @@ impl Dns {
         domain: &str,
     ) -> Result<(Answer<MxRecord>, Option<std::time::Instant>), DnsError> {
         let (answer, expiry) = self.rdata_with_expiry(domain, RecordType::MX).await?;
-        let mut answer = Self::map(answer, |d| match d {
-            RData::MX(mx) => Some(MxRecord {
-                preference: mx.preference,
-                exchange: mx
-                    .exchange
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase(),
-            }),
-            _ => None,
-        });
-        if let Answer::Records(r) = &mut answer {
-            r.sort_by_key(|m| m.preference);
-        }
-        Ok((answer, expiry))
+        Ok((Self::mx_records(answer), expiry))
     }
 
     /// A records of `host`.
@@ -307,16 +325,9 @@ impl Dns {
 
     /// TLSA records at `name` (e.g. `_25._tcp.mx.example.com`).
     pub async fn tlsa(&self, name: &str) -> Result<Answer<TlsaRecord>, DnsError> {
-        let answer = self.rdata(name, RecordType::TLSA).await?;
-        Ok(Self::map(answer, |d| match d {
-            RData::TLSA(t) => Some(TlsaRecord {
-                usage: t.cert_usage.into(),
-                selector: t.selector.into(),
-                matching: t.matching.into(),
-                data: t.cert_data.clone(),
-            }),
-            _ => None,
-        }))
+        Ok(Self::tlsa_records(
+            self.rdata(name, RecordType::TLSA).await?,
+        ))
     }
 
     /// Whether the first configured name server says the answer for
@@ -437,16 +448,7 @@ impl Dns {
         name: &str,
     ) -> Result<(Answer<TlsaRecord>, bool, Option<u32>), DnsError> {
         let s = self.secure_lookup(name, RecordType::TLSA).await?;
-        let answer = Self::map(s.answer, |d| match d {
-            RData::TLSA(t) => Some(TlsaRecord {
-                usage: t.cert_usage.into(),
-                selector: t.selector.into(),
-                matching: t.matching.into(),
-                data: t.cert_data.clone(),
-            }),
-            _ => None,
-        });
-        Ok((answer, s.authenticated, s.ttl))
+        Ok((Self::tlsa_records(s.answer), s.authenticated, s.ttl))
     }
 
     /// MX records (preference order) with the validating resolver's verdict.
@@ -455,21 +457,7 @@ impl Dns {
         domain: &str,
     ) -> Result<(Answer<MxRecord>, bool, Option<u32>), DnsError> {
         let s = self.secure_lookup(domain, RecordType::MX).await?;
-        let mut answer = Self::map(s.answer, |d| match d {
-            RData::MX(mx) => Some(MxRecord {
-                preference: mx.preference,
-                exchange: mx
-                    .exchange
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase(),
-            }),
-            _ => None,
-        });
-        if let Answer::Records(r) = &mut answer {
-            r.sort_by_key(|m| m.preference);
-        }
-        Ok((answer, s.authenticated, s.ttl))
+        Ok((Self::mx_records(s.answer), s.authenticated, s.ttl))
     }
 
     /// A and AAAA addresses of a host.

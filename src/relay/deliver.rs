@@ -461,14 +461,15 @@ impl Deliverer {
         use_tls: bool,
     ) -> SessionEnd {
         let me = &self.inner;
+        let at = At {
+            job,
+            mode,
+            mx,
+            addr,
+        };
         let next = |this: &Self, why: NoSession| {
             this.log_attempt(
-                At {
-                    job,
-                    mode,
-                    mx,
-                    addr,
-                },
+                at,
                 "none",
                 "deferred",
                 why.reply.as_deref().unwrap_or(&why.reason),
@@ -561,9 +562,7 @@ impl Deliverer {
                 }
                 _ => {}
             }
-            let a = self
-                .transaction(&mut conn, &ehlo, job, mode, mx, addr, "none")
-                .await;
+            let a = self.transaction(&mut conn, &ehlo, at, "none").await;
             return SessionEnd::Attempt(a);
         }
 
@@ -594,17 +593,7 @@ impl Deliverer {
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "validation-failure", error = %e, "DANE: TLS handshake failed; message not sent");
                     crate::metrics::metrics().relay_policy_failure("dane", "validation-failure");
                 }
-                self.log_attempt(
-                    At {
-                        job,
-                        mode,
-                        mx,
-                        addr,
-                    },
-                    "failed",
-                    "deferred",
-                    &e.to_string(),
-                );
+                self.log_attempt(at, "failed", "deferred", &e.to_string());
                 return SessionEnd::HandshakeFailed(format!("TLS handshake failed: {e}"));
             }
         };
@@ -629,17 +618,7 @@ impl Deliverer {
                 crate::metrics::metrics().relay_policy_failure("dane", "tlsa-invalid");
                 conn.quit().await;
                 let why = NoSession::new(format!("{mismatch} (DANE)"), "4.7.5");
-                self.log_attempt(
-                    At {
-                        job,
-                        mode,
-                        mx,
-                        addr,
-                    },
-                    &report.version,
-                    "deferred",
-                    &why.reason,
-                );
+                self.log_attempt(at, &report.version, "deferred", &why.reason);
                 return SessionEnd::Attempt(Attempt::Next(why));
             }
         } else if let Err(problem) = &report.cert {
@@ -651,17 +630,7 @@ impl Deliverer {
                     conn.quit().await;
                     let why =
                         NoSession::new(format!("{problem} for {mx} (MTA-STS enforce)"), "4.7.5");
-                    self.log_attempt(
-                        At {
-                            job,
-                            mode,
-                            mx,
-                            addr,
-                        },
-                        &report.version,
-                        "deferred",
-                        &why.reason,
-                    );
+                    self.log_attempt(at, &report.version, "deferred", &why.reason);
                     return SessionEnd::Attempt(Attempt::Next(why));
                 }
                 TlsMode::Testing(p) => {
@@ -676,67 +645,34 @@ impl Deliverer {
             Ok(e) => {
                 conn.quit().await;
                 let why = NoSession::reply("EHLO after STARTTLS refused", &e.reply);
-                self.log_attempt(
-                    At {
-                        job,
-                        mode,
-                        mx,
-                        addr,
-                    },
-                    &report.version,
-                    "deferred",
-                    &why.reason,
-                );
+                self.log_attempt(at, &report.version, "deferred", &why.reason);
                 return SessionEnd::Attempt(Attempt::Next(why));
             }
             Err(e) => {
                 let why = NoSession::new(format!("EHLO after STARTTLS: {e}"), "4.4.2");
-                self.log_attempt(
-                    At {
-                        job,
-                        mode,
-                        mx,
-                        addr,
-                    },
-                    &report.version,
-                    "deferred",
-                    &why.reason,
-                );
+                self.log_attempt(at, &report.version, "deferred", &why.reason);
                 return SessionEnd::Attempt(Attempt::Next(why));
             }
         };
         let a = self
-            .transaction(&mut conn, &ehlo, job, mode, mx, addr, &report.version)
+            .transaction(&mut conn, &ehlo, at, &report.version)
             .await;
         SessionEnd::Attempt(a)
     }
 
     /// MAIL, RCPT per recipient, DATA and the body. Per-recipient replies
     /// are kept: one refused recipient does not fail the others.
-    #[allow(clippy::too_many_arguments)]
     async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         conn: &mut SmtpConn<S>,
         ehlo: &Ehlo,
-        job: &Job,
-        mode: &TlsMode,
-        mx: &str,
-        addr: SocketAddr,
+        at: At<'_>,
         tls: &str,
     ) -> Attempt {
         let me = &self.inner;
+        let At { job, mx, .. } = at;
         let log = |result: &str, reply: &str| {
-            self.log_attempt(
-                At {
-                    job,
-                    mode,
-                    mx,
-                    addr,
-                },
-                tls,
-                result,
-                reply,
-            );
+            self.log_attempt(at, tls, result, reply);
         };
         let failed =
             |permanent: bool, reply: Option<&Reply>, reason: &str, code: &str| RcptResult::Failed {

@@ -241,7 +241,7 @@ fn is_status_code(code: &str) -> bool {
 // Howard Hinnant's days-to-civil algorithm for the proleptic Gregorian
 // calendar; u64 input keeps everything non-negative, and the arithmetic
 // cannot overflow because u64::MAX / 86400 days is far below u64 range.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;

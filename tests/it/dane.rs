@@ -36,6 +36,30 @@ pub(crate) fn tlsa_3_1_1(cert: &[u8]) -> String {
     format!("3 1 1 {hex}")
 }
 
+/// Secure, insecure, bogus (the TLSA record changed after signing) and
+/// secure-but-unusable (PKIX usage) domains, MX hosts at 127.0.0.71-74.
+fn four_zones() -> Vec<ZoneSpec> {
+    vec![
+        zone("secure.test", 71, ANY_TLSA, Signing::Secure),
+        zone("insecure.test", 72, ANY_TLSA, Signing::Insecure),
+        zone(
+            "bogus.test",
+            73,
+            ANY_TLSA,
+            Signing::Tampered {
+                from: ANY_TLSA[6..].to_string(),
+                to: OTHER_TLSA[6..].to_string(),
+            },
+        ),
+        zone(
+            "pkix.test",
+            74,
+            "1 1 1 0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20",
+            Signing::Secure,
+        ),
+    ]
+}
+
 const ANY_TLSA: &str = "3 1 1 0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
 const OTHER_TLSA: &str = "3 1 1 ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 
@@ -74,27 +98,7 @@ async fn socketmap_lets_dane_win_over_mta_sts_only_when_dnssec_says_so() {
         return;
     }
     let world = World::new().await;
-    let dns = SignedDns::start(&[
-        zone("secure.test", 71, ANY_TLSA, Signing::Secure),
-        zone("insecure.test", 72, ANY_TLSA, Signing::Insecure),
-        zone(
-            "bogus.test",
-            73,
-            ANY_TLSA,
-            Signing::Tampered {
-                from: "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20".into(),
-                to: "0202030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20".into(),
-            },
-        ),
-        // Signed, but the TLSA record uses a PKIX usage SMTP cannot use.
-        zone(
-            "pkix.test",
-            74,
-            "1 1 1 0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20",
-            Signing::Secure,
-        ),
-    ])
-    .await;
+    let dns = SignedDns::start(&four_zones()).await;
     for d in ["secure.test", "insecure.test", "bogus.test", "pkix.test"] {
         world.hosts.set(
             &format!("mta-sts.{d}"),
@@ -306,26 +310,7 @@ async fn check_reports_dane_per_mx_with_the_same_rule() {
         return;
     }
     let world = World::new().await;
-    let dns = SignedDns::start(&[
-        zone("secure.test", 71, ANY_TLSA, Signing::Secure),
-        zone("insecure.test", 72, ANY_TLSA, Signing::Insecure),
-        zone(
-            "bogus.test",
-            73,
-            ANY_TLSA,
-            Signing::Tampered {
-                from: ANY_TLSA[6..].to_string(),
-                to: OTHER_TLSA[6..].to_string(),
-            },
-        ),
-        zone(
-            "pkix.test",
-            74,
-            "1 1 1 0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20",
-            Signing::Secure,
-        ),
-    ])
-    .await;
+    let dns = SignedDns::start(&four_zones()).await;
     for (domain, code) in [
         ("secure.test", "dane-tlsa"),
         ("insecure.test", "dane-tlsa-unvalidated"),
@@ -366,4 +351,72 @@ async fn check_reports_dane_per_mx_with_the_same_rule() {
         assert_eq!(found["code"], code, "{domain}: {found:#}");
         assert_eq!(found["host"], format!("mx1.{domain}"), "{found:#}");
     }
+}
+
+/// TLSA `usage selector 1 hex(SHA-256)` for the full certificate (selector 0).
+fn tlsa_record(usage: u8, selector: u8, der: &[u8]) -> mta_sts_agent::dns::TlsaRecord {
+    let data = if selector == 0 {
+        der.to_vec()
+    } else {
+        let (_, c) = x509_parser::parse_x509_certificate(der).expect("parse");
+        c.tbs_certificate.subject_pki.raw.to_vec()
+    };
+    mta_sts_agent::dns::TlsaRecord {
+        usage,
+        selector,
+        matching: 1,
+        data: ring::digest::digest(&ring::digest::SHA256, &data)
+            .as_ref()
+            .to_vec(),
+    }
+}
+
+#[test]
+fn dane_ta_and_ee_follow_rfc_7672_section_3() {
+    use mta_sts_agent::dane::verify_chain;
+    crate::support::install_crypto();
+    let ca = crate::support::ca::TestCa::new();
+    let ca_der = ca.cert_der();
+    let leaf = ca.issue(&["mx1.ta.test"]).chain[0].clone();
+    let expired = ca.issue_expired(&["mx1.ta.test"]).chain[0].clone();
+    let ta = tlsa_record(2, 0, ca_der.as_ref());
+
+    // DANE-TA: the anchor is in the chain and the leaf is valid under it
+    // for the MX name.
+    let chain = [leaf.clone(), ca_der.clone()];
+    assert_eq!(
+        verify_chain(&chain, std::slice::from_ref(&ta), "mx1.ta.test"),
+        Ok(())
+    );
+    // ... but not for another name, not expired, and not when the server
+    // leaves the anchor out of its chain.
+    assert!(verify_chain(&chain, std::slice::from_ref(&ta), "mx2.ta.test").is_err());
+    assert!(verify_chain(
+        &[expired.clone(), ca_der.clone()],
+        std::slice::from_ref(&ta),
+        "mx1.ta.test"
+    )
+    .is_err());
+    assert!(verify_chain(
+        std::slice::from_ref(&leaf),
+        std::slice::from_ref(&ta),
+        "mx1.ta.test"
+    )
+    .is_err());
+    // A TA record for another CA does not match.
+    let other = crate::support::ca::TestCa::new();
+    let other_ta = tlsa_record(2, 1, other.cert_der().as_ref());
+    assert!(verify_chain(&chain, &[other_ta], "mx1.ta.test").is_err());
+
+    // DANE-EE: the leaf's key alone; name and dates do not matter.
+    let ee = tlsa_record(3, 1, expired.as_ref());
+    assert_eq!(
+        verify_chain(
+            std::slice::from_ref(&expired),
+            std::slice::from_ref(&ee),
+            "any.name.test"
+        ),
+        Ok(())
+    );
+    assert!(verify_chain(&[leaf], &[ee], "mx1.ta.test").is_err());
 }

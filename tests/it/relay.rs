@@ -750,6 +750,15 @@ async fn oversized_messages_are_refused_with_552() {
     );
 }
 
+/// The code of each reply (continuation lines of EHLO left out).
+fn reply_codes(replies: &[String]) -> Vec<&str> {
+    replies
+        .iter()
+        .filter(|l| !l.starts_with("250-"))
+        .map(|l| l.get(..3).unwrap_or(l))
+        .collect()
+}
+
 /// Sends raw bytes and reads the replies that arrive within a moment.
 async fn raw_session(addr: SocketAddr, script: &[&[u8]]) -> Vec<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -801,11 +810,7 @@ async fn protocol_errors_get_the_right_codes() {
         ],
     )
     .await;
-    let codes: Vec<&str> = replies
-        .iter()
-        .filter(|l| !l.starts_with("250-"))
-        .map(|l| &l[..3])
-        .collect();
+    let codes = reply_codes(&replies);
     assert_eq!(
         codes,
         [
@@ -1158,4 +1163,42 @@ async fn ipv6_addresses_are_tried_after_ipv4_and_mx_hosts_are_bounded() {
     assert_eq!(reply.code, 250, "{reply}");
     rig.wait_reason("busy.v6.test too busy", LIMIT).await;
     assert_eq!(rig.mx[1].connections(), 0, "a third MX host was tried");
+}
+
+#[tokio::test]
+async fn recipient_command_and_time_limits_hold() {
+    let rig = Rig::start(
+        vec![("mx1.limits.test", 39, SmtpOptions::new("mx1.limits.test"))],
+        "max_recipients = 2\nmax_commands = 8\ncommand_timeout = \"1s\"",
+    )
+    .await;
+    let replies = raw_session(
+        rig.addr,
+        &[b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<a@limits.test>\r\nRCPT TO:<b@limits.test>\r\nRCPT TO:<c@limits.test>\r\nRSET\r\nNOOP\r\nNOOP\r\nNOOP\r\n"],
+    )
+    .await;
+    let codes = reply_codes(&replies);
+    // The third recipient: 452 4.5.3; the ninth command: 421 and the end.
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "250", "452", "250", "250", "250", "421"],
+        "{replies:#?}"
+    );
+    assert!(replies.iter().any(|l| l.starts_with("452 4.5.3")));
+
+    // A client that goes silent is told 421 4.4.2 and disconnected.
+    use tokio::io::AsyncReadExt;
+    let mut tcp = TcpStream::connect(rig.addr).await.expect("connect");
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("421 4.4.2"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

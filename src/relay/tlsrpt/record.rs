@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::relay::dsn::civil_from_days;
+
 /// RFC 8460 §4.4 `policy-type` of an MTA-STS policy.
 pub const POLICY_STS: &str = "sts";
 /// RFC 8460 §4.4 `policy-type` of DANE TLSA records.
@@ -188,20 +190,6 @@ pub fn parse_day_name(name: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe).checked_sub(719_468)?;
     (day_name(days) == name).then_some(days)
-}
-
-// Howard Hinnant's days-to-civil algorithm (as in `dsn`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 pub(crate) fn mkdir(path: &Path) -> io::Result<()> {
