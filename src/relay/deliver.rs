@@ -269,7 +269,9 @@ impl Deliverer {
                 Ok(None) => {}
                 Err(why) => {
                     // RFC 7672 §2.1.1: a failed TLSA lookup rules the host out.
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, "TLSA lookup failed (DNSSEC); MX host not used");
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, result_type = "dnssec-invalid", "TLSA lookup failed (DNSSEC); MX host not used");
+                    me.tlsrpt
+                        .tlsa(&job.domain, &host, &[], None, None, Some("dnssec-invalid"));
                     failures.push(format!("{host}: TLSA lookup failed: {why}"));
                     continue;
                 }
@@ -423,29 +425,39 @@ impl Deliverer {
 
     async fn attempt(&self, job: &Job, mode: &TlsMode, mx: &str, addr: SocketAddr) -> Attempt {
         let outcome = self.session(job, mode, mx, addr, true).await;
-        if let SessionEnd::HandshakeFailed(_) = &outcome {
-            self.inner.tlsrpt.sts(
-                mode.policy(),
-                mx,
-                Some(addr.ip()),
-                None,
-                Some("validation-failure"),
-            );
+        if let SessionEnd::HandshakeFailed(_, local) = &outcome {
+            let failure = Some("validation-failure");
+            match mode {
+                TlsMode::Dane(records) => self.inner.tlsrpt.tlsa(
+                    &job.domain,
+                    mx,
+                    records,
+                    Some(addr.ip()),
+                    *local,
+                    failure,
+                ),
+                _ => self
+                    .inner
+                    .tlsrpt
+                    .sts(mode.policy(), mx, Some(addr.ip()), *local, failure),
+            }
         }
         match outcome {
             // Opportunistic and testing deliveries retry in plaintext after
             // a failed handshake, as Postfix does; enforce never does.
-            SessionEnd::HandshakeFailed(why) if !mode.strict() => {
+            SessionEnd::HandshakeFailed(why, _) if !mode.strict() => {
                 if let TlsMode::Testing(p) = mode {
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, policy_id = %p.id, result_type = "validation-failure", error = %why, "MTA-STS testing: TLS handshake failed; retrying without TLS");
                     crate::metrics::metrics().relay_policy_failure("testing", "validation-failure");
                 }
                 match self.session(job, mode, mx, addr, false).await {
                     SessionEnd::Attempt(a) => a,
-                    SessionEnd::HandshakeFailed(why) => Attempt::Next(NoSession::new(why, "4.7.0")),
+                    SessionEnd::HandshakeFailed(why, _) => {
+                        Attempt::Next(NoSession::new(why, "4.7.0"))
+                    }
                 }
             }
-            SessionEnd::HandshakeFailed(why) => Attempt::Next(NoSession::new(why, "4.7.0")),
+            SessionEnd::HandshakeFailed(why, _) => Attempt::Next(NoSession::new(why, "4.7.0")),
             SessionEnd::Attempt(a) => a,
         }
     }
@@ -541,7 +553,15 @@ impl Deliverer {
                         NoSession::new("STARTTLS not offered (MTA-STS enforce)", "4.7.5"),
                     );
                 }
-                TlsMode::Dane(_) => {
+                TlsMode::Dane(records) => {
+                    me.tlsrpt.tlsa(
+                        &job.domain,
+                        mx,
+                        records,
+                        Some(addr.ip()),
+                        local_ip,
+                        Some("starttls-not-supported"),
+                    );
                     tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "starttls-not-supported", "DANE: MX host with TLSA records does not offer STARTTLS; message not sent");
                     crate::metrics::metrics()
                         .relay_policy_failure("dane", "starttls-not-supported");
@@ -570,15 +590,19 @@ impl Deliverer {
             Ok(r) if r.code == 220 => {}
             Ok(r) => {
                 conn.quit().await;
-                return SessionEnd::HandshakeFailed(format!("STARTTLS refused: {}", r.one_line()));
+                return SessionEnd::HandshakeFailed(
+                    format!("STARTTLS refused: {}", r.one_line()),
+                    local_ip,
+                );
             }
-            Err(e) => return SessionEnd::HandshakeFailed(format!("STARTTLS: {e}")),
+            Err(e) => return SessionEnd::HandshakeFailed(format!("STARTTLS: {e}"), local_ip),
         }
         // Bytes the server sent after its 220 would be read as if they came
         // over TLS (CVE-2011-0411 and kin): refuse.
         if conn.has_buffered() {
             return SessionEnd::HandshakeFailed(
                 "server sent data after 220 to STARTTLS (possible injection)".to_string(),
+                local_ip,
             );
         }
         let (tcp, _) = conn.into_parts();
@@ -594,7 +618,7 @@ impl Deliverer {
                     crate::metrics::metrics().relay_policy_failure("dane", "validation-failure");
                 }
                 self.log_attempt(at, "failed", "deferred", &e.to_string());
-                return SessionEnd::HandshakeFailed(format!("TLS handshake failed: {e}"));
+                return SessionEnd::HandshakeFailed(format!("TLS handshake failed: {e}"), local_ip);
             }
         };
         let mut conn: SmtpConn<Tls> = SmtpConn::new(tls, me.cfg.reply_timeout);
@@ -613,7 +637,16 @@ impl Deliverer {
                 .peer_certificates()
                 .map(|c| c.to_vec())
                 .unwrap_or_default();
-            if let Err(mismatch) = crate::dane::verify_chain(&chain, records, mx) {
+            let verdict = crate::dane::verify_chain(&chain, records, mx);
+            me.tlsrpt.tlsa(
+                &job.domain,
+                mx,
+                records,
+                Some(addr.ip()),
+                local_ip,
+                verdict.as_ref().err().map(|_| "tlsa-invalid"),
+            );
+            if let Err(mismatch) = verdict {
                 tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "tlsa-invalid", problem = %mismatch, "DANE: certificate does not match the TLSA records; message not sent");
                 crate::metrics::metrics().relay_policy_failure("dane", "tlsa-invalid");
                 conn.quit().await;
@@ -905,8 +938,9 @@ struct At<'a> {
 
 enum SessionEnd {
     Attempt(Attempt),
-    /// STARTTLS was offered but TLS could not be set up.
-    HandshakeFailed(String),
+    /// STARTTLS was offered but TLS could not be set up: why, and our
+    /// address on that connection (for TLS-RPT's sending-mta-ip).
+    HandshakeFailed(String, Option<IpAddr>),
 }
 
 /// Waits between attempts: `schedule[attempts - 1]`, the last repeating.

@@ -208,6 +208,36 @@ impl Tlsrpt {
         );
     }
 
+    /// Records one session with an MX host protected by DANE (RFC 8460
+    /// §4.4 policy type `tlsa`: the policy is the host's TLSA RRset). The
+    /// policy domain is the recipient domain, whose `_smtp._tls` record
+    /// says where the report goes. `records` empty: the TLSA lookup itself
+    /// failed (`dnssec-invalid`).
+    pub fn tlsa(
+        &self,
+        domain: &str,
+        mx: &str,
+        records: &[crate::dns::TlsaRecord],
+        receiving_ip: Option<IpAddr>,
+        sending_ip: Option<IpAddr>,
+        result_type: Option<&str>,
+    ) {
+        let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+        self.record(
+            unix_now() / 86_400,
+            &Session {
+                policy_type: record::POLICY_TLSA,
+                policy_domain: domain,
+                policy_string: &lines,
+                mx_host: &[],
+                result_type,
+                sending_mta_ip: sending_ip,
+                receiving_mx_hostname: Some(mx),
+                receiving_ip,
+            },
+        );
+    }
+
     /// Records one session on `day` (days since 1970-01-01, UTC).
     pub fn record(&self, day: u64, session: &Session<'_>) {
         if self.enabled() {
