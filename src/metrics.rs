@@ -183,6 +183,26 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        for mode in ["enforce", "testing", "none", "no-policy", "dane"] {
+            for result in ["delivered", "deferred", "bounced", "rejected"] {
+                let _ = relay_attempts.get_or_create(&AttemptLabels {
+                    mode: mode.to_string(),
+                    result: result.to_string(),
+                });
+            }
+        }
+        for (mode, result_type) in [
+            ("enforce", "starttls-not-supported"),
+            ("enforce", "validation-failure"),
+            ("enforce", "mx-mismatch"),
+            ("testing", "starttls-not-supported"),
+            ("dane", "tlsa-invalid"),
+        ] {
+            let _ = relay_policy_failures.get_or_create(&PolicyFailureLabels {
+                mode: mode.to_string(),
+                result_type: result_type.to_string(),
+            });
+        }
         let hits = ["memory", "disk", "redis"].map(|tier| {
             cache_hits
                 .get_or_create(&TierLabels {
