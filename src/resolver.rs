@@ -71,9 +71,48 @@ pub enum NoPolicy {
     /// The domain publishes no (usable) `_mta-sts` record.
     NoRecord(String),
     /// Discovery or fetch failed recently; retried after a backoff.
-    Backoff(String),
+    Backoff(Failure),
     /// The first discovery is still running past the lookup deadline.
     Pending,
+}
+
+/// Why the last discovery or fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// RFC 8460 §4.3.1 result type, when the policy itself could not be
+    /// had (TLS-RPT reports it); None for DNS trouble during discovery.
+    pub result_type: Option<&'static str>,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure {
+            reason,
+            result_type: None,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Failure {
+        Failure::from(reason.to_string())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// RFC 8460 §4.3.1: what a failed policy fetch is reported as.
+pub fn fetch_result_type(e: &crate::fetch::FetchError) -> &'static str {
+    match e {
+        crate::fetch::FetchError::Tls(_) => "sts-webpki-invalid",
+        crate::fetch::FetchError::Invalid(_) => "sts-policy-invalid",
+        _ => "sts-policy-fetch-error",
+    }
 }
 
 impl std::fmt::Display for NoPolicy {
@@ -562,7 +601,7 @@ impl Inner {
             Err(e) => {
                 m.discovery("failure");
                 let reason = format!("TXT lookup of {txt_name} failed: {}", e.reason);
-                self.failed(domain, cached.as_deref(), failures, reason)
+                self.failed(domain, cached.as_deref(), failures, reason.into())
                     .await;
                 return;
             }
@@ -620,7 +659,7 @@ impl Inner {
                 }
                 None => {
                     let reason = "another agent's fetch produced no policy".to_string();
-                    self.failed(domain, cached.as_deref(), failures, reason)
+                    self.failed(domain, cached.as_deref(), failures, reason.into())
                         .await;
                 }
             }
@@ -722,7 +761,11 @@ impl Inner {
             Err(e) => {
                 let reason = format!("policy fetch from {} failed: {e}", self.fetcher.url(domain));
                 tracing::warn!(domain, id = %id, class = e.class(), "{reason}");
-                self.failed(domain, cached, failures, reason).await;
+                let failure = Failure {
+                    reason,
+                    result_type: Some(fetch_result_type(&e)),
+                };
+                self.failed(domain, cached, failures, failure).await;
             }
         }
     }
@@ -736,7 +779,7 @@ impl Inner {
         domain: &str,
         cached: Option<&StoredPolicy>,
         failures: u32,
-        reason: String,
+        reason: Failure,
     ) {
         let failures = failures.saturating_add(1);
         let wait = self.backoff(failures);

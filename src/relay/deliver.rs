@@ -26,7 +26,7 @@ use crate::dane::{DomainDane, HostDane};
 use crate::dns::Answer as DnsAnswer;
 use crate::policy::mx::matches_any;
 use crate::policy::Mode;
-use crate::resolver::{Answer, Resolver};
+use crate::resolver::{Answer, Failure, NoPolicy, Resolver};
 use crate::smtp::{Ehlo, Reply, SmtpConn, SmtpError};
 use crate::store::StoredPolicy;
 use crate::tlsprobe::{CertProblem, TlsProber};
@@ -42,7 +42,6 @@ pub struct Job {
     pub rcpts: Vec<(usize, String)>,
     pub size: u64,
     pub smtputf8: bool,
-    pub body_8bit: bool,
 }
 
 /// What became of one recipient in this attempt.
@@ -220,7 +219,16 @@ impl Deliverer {
                 Mode::Testing => TlsMode::Testing(p),
                 Mode::None => TlsMode::Opportunistic("none"),
             },
-            Ok(Answer::NoPolicy(_)) => TlsMode::Opportunistic("no-policy"),
+            Ok(Answer::NoPolicy(why)) => {
+                if let NoPolicy::Backoff(Failure {
+                    result_type: Some(rt),
+                    ..
+                }) = &why
+                {
+                    me.tlsrpt.sts_failure(&job.domain, rt);
+                }
+                TlsMode::Opportunistic("no-policy")
+            }
         };
 
         let hosts = match me.resolver.dns().mx(&job.domain).await {
@@ -744,7 +752,10 @@ impl Deliverer {
         if ehlo.has("SIZE") {
             mail.push_str(&format!(" SIZE={}", job.size));
         }
-        if job.body_8bit && ehlo.has("8BITMIME") {
+        // RFC 6152 §3: BODY=8BITMIME says the body may contain 8-bit data.
+        // Declared whenever the server takes it, so mail whose client
+        // forgot to declare its 8-bit content is still sent correctly.
+        if ehlo.has("8BITMIME") {
             mail.push_str(" BODY=8BITMIME");
         }
         if job.smtputf8 {

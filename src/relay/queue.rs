@@ -317,7 +317,6 @@ impl Queue {
                             rcpts,
                             size: e.msg.size,
                             smtputf8: env.smtputf8,
-                            body_8bit: env.body_8bit,
                         },
                     ));
                 }
@@ -509,7 +508,6 @@ impl Queue {
             arrival: unix_now(),
             client: format!("bounce of {}", msg.envelope.id),
             smtputf8: !msg.envelope.sender.is_ascii(),
-            body_8bit: !text.is_ascii(),
         };
         let spool = self.inner.spool.clone();
         let committed = tokio::task::spawn_blocking(move || {

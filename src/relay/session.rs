@@ -554,7 +554,6 @@ impl Session {
                 self.helo.clone().unwrap_or_default()
             ),
             smtputf8: tx.params.smtputf8,
-            body_8bit: tx.params.body_8bit,
         };
         let writer = match self.shared.queue.spool().create(envelope) {
             Ok(w) => w,
@@ -589,15 +588,16 @@ impl Session {
         let mut io_error: Option<io::Error> = writer.write(received.as_bytes()).err();
         let mut too_big = false;
         let mut overlong = false;
-        let mut eight_bit = false;
         let mut prev_crlf = true;
         let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
             let (bytes, crlf) = match self.read_line(MAX_DATA_LINE).await {
                 Line::Done { bytes, crlf } => (bytes, crlf),
                 Line::TooLong => {
+                    // The message is refused at its end; a "." right after
+                    // must still end it, or the client would hang.
                     overlong = true;
-                    prev_crlf = false;
+                    prev_crlf = true;
                     continue;
                 }
                 // Nothing was acknowledged; the spool file goes with `writer`.
@@ -619,7 +619,6 @@ impl Session {
             if too_big || overlong || io_error.is_some() {
                 continue;
             }
-            eight_bit |= !body.is_ascii();
             out.extend_from_slice(body);
             out.extend_from_slice(b"\r\n");
             if out.len() >= 64 * 1024 {
@@ -652,12 +651,7 @@ impl Session {
         }
         let committed = tokio::task::spawn_blocking(move || writer.commit()).await;
         match committed {
-            Ok(Ok(mut msg)) => {
-                if eight_bit && !msg.envelope.body_8bit {
-                    // Remembered in memory only: the delivery asks for
-                    // 8BITMIME when the client forgot to declare it.
-                    msg.envelope.body_8bit = true;
-                }
+            Ok(Ok(msg)) => {
                 let id = msg.envelope.id.clone();
                 tracing::info!(
                     queue_id = %id,

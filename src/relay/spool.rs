@@ -34,7 +34,6 @@ pub struct Envelope {
     /// The client's address and EHLO name, for logs.
     pub client: String,
     pub smtputf8: bool,
-    pub body_8bit: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,7 +413,6 @@ mod tests {
             arrival: 1,
             client: "127.0.0.1".into(),
             smtputf8: false,
-            body_8bit: false,
         }
     }
 

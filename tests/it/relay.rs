@@ -1202,3 +1202,28 @@ async fn recipient_command_and_time_limits_hold() {
     assert!(text.contains("421 4.4.2"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn an_overlong_data_line_refuses_the_message_but_ends_the_data() {
+    let rig = Rig::start(
+        vec![("mx1.long.test", 40, SmtpOptions::new("mx1.long.test"))],
+        "",
+    )
+    .await;
+    let long = format!("Subject: x\r\n\r\n{}\r\n.\r\n", "y".repeat(70_000));
+    let replies = raw_session(
+        rig.addr,
+        &[
+            b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<b@long.test>\r\nDATA\r\n",
+            long.as_bytes(),
+            b"NOOP\r\nQUIT\r\n",
+        ],
+    )
+    .await;
+    assert_eq!(
+        reply_codes(&replies),
+        ["220", "250", "250", "250", "354", "500", "250", "221"],
+        "{replies:#?}"
+    );
+    assert!(rig.queue.is_empty());
+}

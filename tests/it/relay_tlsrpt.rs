@@ -641,6 +641,66 @@ async fn certificate_and_mx_failures_get_their_result_types() {
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn policies_that_cannot_be_had_are_reported_and_mail_still_flows() {
+    use crate::support::https::Behavior;
+    let world = World::new().await;
+    let (mx_port, mx) = SmtpServer::start_group(
+        &world.ca,
+        vec![
+            (IpAddr::V4(ip(48)), SmtpOptions::new("mx1.down.test")),
+            (IpAddr::V4(ip(49)), SmtpOptions::new("mx1.broken.test")),
+        ],
+    )
+    .await;
+    for (domain, last) in [("down.test", 48), ("broken.test", 49)] {
+        let host = format!("mx1.{domain}");
+        world.dns.set_a(&host, &[ip(last)]);
+        world.dns.set_mx(domain, &[(10, &host)]);
+        world.publish(domain, "f1", &policy("enforce", &[&host], 86_400));
+    }
+    // A policy host answering 500, and a policy that does not parse.
+    world.hosts.set(
+        "mta-sts.down.test",
+        Behavior::Response {
+            status: 500,
+            content_type: Some("text/plain".to_string()),
+            extra_headers: Vec::new(),
+            body: b"oops".to_vec(),
+            content_length: true,
+        },
+    );
+    world.hosts.set(
+        "mta-sts.broken.test",
+        Behavior::Policy("version: STSv1\nmode: enforce\n".to_string()),
+    );
+    let cfg = config(&world, mx_port, "");
+    let relay = start(&world, &cfg, true).await;
+    for (id, to) in [("d", "bob@down.test"), ("b", "bob@broken.test")] {
+        let msg = message(id, "alice@sender.test", to, "hi\r\n");
+        let reply = submit(relay.addr, "alice@sender.test", &[to], &msg).await;
+        assert_eq!(reply.code, 250, "{reply}");
+    }
+    // RFC 8461 §5: without a usable policy the mail goes as without one.
+    assert!(relay.wait_empty().await, "{:#?}", relay.queue.list());
+    assert_eq!(mx[0].message_count() + mx[1].message_count(), 2);
+    let day = today();
+    for (domain, result_type) in [
+        ("down.test", "sts-policy-fetch-error"),
+        ("broken.test", "sts-policy-invalid"),
+    ] {
+        let p = &relay.tlsrpt.counts(day, domain).expect("counted").policies[0];
+        assert_eq!(p.policy_type, "sts");
+        assert_eq!(p.failures.len(), 1, "{p:?}");
+        assert_eq!(p.failures[0].result_type, result_type);
+        let v =
+            serde_json::to_value(relay.tlsrpt.report(day, domain).expect("report")).expect("json");
+        let day_name = mta_sts_agent::relay::tlsrpt::record::day_name(day);
+        assert_eq!(validate(&v, &day_name), (0, 1), "{v:#}");
+    }
+    relay.stop().await;
+}
+
 #[test]
 fn tlsrpt_keys_parse_and_are_checked() {
     let cfg = Config::parse(

@@ -208,6 +208,26 @@ impl Tlsrpt {
         );
     }
 
+    /// Records a delivery to `domain` that went ahead without its MTA-STS
+    /// policy because the policy could not be had (`sts-policy-fetch-error`,
+    /// `sts-policy-invalid`, `sts-webpki-invalid`, RFC 8460 §4.3.1): no
+    /// policy text, no MX host.
+    pub fn sts_failure(&self, domain: &str, result_type: &str) {
+        self.record(
+            unix_now() / 86_400,
+            &Session {
+                policy_type: record::POLICY_STS,
+                policy_domain: domain,
+                policy_string: &[],
+                mx_host: &[],
+                result_type: Some(result_type),
+                sending_mta_ip: None,
+                receiving_mx_hostname: None,
+                receiving_ip: None,
+            },
+        );
+    }
+
     /// Records one session with an MX host protected by DANE (RFC 8460
     /// §4.4 policy type `tlsa`: the policy is the host's TLSA RRset). The
     /// policy domain is the recipient domain, whose `_smtp._tls` record

@@ -166,7 +166,6 @@ pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
         arrival: m.now,
         client: format!("TLS-RPT report {}", m.report_id),
         smtputf8: !m.to.is_ascii(),
-        body_8bit: false,
     };
     let spool = queue.spool().clone();
     let committed = tokio::task::spawn_blocking(move || {
