@@ -161,6 +161,14 @@ pub struct TlsRptConfig {
     /// Deadline of one report POST, connection included.
     #[serde(with = "humantime_serde")]
     pub post_timeout: Duration,
+    /// PEM PKCS#8 private key (RSA 2048-4096 bits, or Ed25519) that
+    /// DKIM-signs mailed reports (RFC 8460 §5.3). Unset: not signed.
+    pub dkim_key_file: Option<PathBuf>,
+    /// `d=` of the signature. Default: the domain of `report_from`.
+    pub dkim_domain: Option<String>,
+    /// `s=` of the signature: the key is published as a TXT record at
+    /// `<selector>._domainkey.<dkim_domain>`.
+    pub dkim_selector: Option<String>,
 }
 
 impl Default for TlsRptConfig {
@@ -174,6 +182,9 @@ impl Default for TlsRptConfig {
             send_delay: Duration::from_secs(600),
             retry_days: 3,
             post_timeout: Duration::from_secs(30),
+            dkim_key_file: None,
+            dkim_domain: None,
+            dkim_selector: None,
         }
     }
 }
@@ -659,6 +670,29 @@ impl Config {
                 humantime::format_duration(r.tlsrpt.send_delay).to_string(),
                 "must be less than a day",
             ));
+        }
+        if r.tlsrpt.dkim_key_file.is_some() != r.tlsrpt.dkim_selector.is_some() {
+            return Err(invalid(
+                "relay.tlsrpt.dkim_key_file",
+                format!("{:?}", r.tlsrpt.dkim_key_file),
+                "set both relay.tlsrpt.dkim_key_file and relay.tlsrpt.dkim_selector, or neither",
+            ));
+        }
+        if r.tlsrpt.dkim_domain.is_some() && r.tlsrpt.dkim_key_file.is_none() {
+            return Err(invalid(
+                "relay.tlsrpt.dkim_domain",
+                format!("{:?}", r.tlsrpt.dkim_domain),
+                "only used with relay.tlsrpt.dkim_key_file and relay.tlsrpt.dkim_selector",
+            ));
+        }
+        if let Some(d) = &r.tlsrpt.dkim_domain {
+            normalize_domain(d).map_err(|e| {
+                invalid(
+                    "relay.tlsrpt.dkim_domain",
+                    d.as_str(),
+                    format!("not a domain name: {e}"),
+                )
+            })?;
         }
         if let Some(h) = &r.hostname {
             normalize_domain(h).map_err(|e| {

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod command;
 pub mod deliver;
+pub mod dkim;
 pub mod dsn;
 pub mod queue;
 pub mod server;

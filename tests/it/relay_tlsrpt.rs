@@ -560,6 +560,239 @@ async fn daily_job_posts_and_mails_each_report_once() {
     relay.stop().await;
 }
 
+/// The report mail one daily run sends to `tls-reports@reports.test` with
+/// `extra` in `[relay.tlsrpt]`.
+async fn one_mailed_report(extra: &str) -> Vec<u8> {
+    let world = World::new().await;
+    let (mx_port, mx) = SmtpServer::start_group(
+        &world.ca,
+        vec![
+            (IpAddr::V4(ip(45)), SmtpOptions::new("mx1.signed.test")),
+            (IpAddr::V4(ip(46)), SmtpOptions::new("mx.reports.test")),
+        ],
+    )
+    .await;
+    world.dns.set_a("mx1.signed.test", &[ip(45)]);
+    world.dns.set_a("mx.reports.test", &[ip(46)]);
+    world.dns.set_mx("signed.test", &[(10, "mx1.signed.test")]);
+    world.dns.set_mx("reports.test", &[(10, "mx.reports.test")]);
+    world.publish(
+        "signed.test",
+        "d1",
+        &policy("enforce", &["mx1.signed.test"], 86_400),
+    );
+    world.dns.set_txt(
+        "_smtp._tls.signed.test",
+        &[&["v=TLSRPTv1; rua=mailto:tls-reports@reports.test"]],
+    );
+    let cfg = config(&world, mx_port, &format!("\n[relay.tlsrpt]\n{extra}\n"));
+    let relay = start(&world, &cfg, true).await;
+    let msg = message("d", "alice@sender.test", "bob@signed.test", "hi\r\n");
+    let reply = submit(relay.addr, "alice@sender.test", &["bob@signed.test"], &msg).await;
+    assert_eq!(reply.code, 250);
+    assert!(relay.wait_empty().await, "{:#?}", relay.queue.list());
+    let run = relay.tlsrpt.run_reports(today() + 1, &relay.queue).await;
+    assert_eq!((run.generated, run.mailed), (1, 1), "{run:?}");
+    assert!(relay.wait_empty().await, "{:#?}", relay.queue.list());
+    let mails = mx[1].messages();
+    assert_eq!(mails.len(), 1, "one report mail");
+    relay.stop().await;
+    mails[0].data.clone()
+}
+
+/// dkimpy's verdict on `mail` with `txt` as the key record of
+/// `sel1._domainkey.example.test` (Some(false): dkimpy says the signature
+/// is bad; a crash of the script fails the test); None when python3 or
+/// dkimpy (with PyNaCl for Ed25519) is missing outside CI.
+fn dkimpy_verifies(mail: &[u8], txt: &str) -> Option<bool> {
+    const SCRIPT: &str = r#"
+import sys
+try:
+    import dkim, nacl.signing
+except ImportError as e:
+    print("missing:", e)
+    sys.exit(3)
+name, txt = sys.argv[1], sys.argv[2].encode()
+def dnsfunc(q, timeout=5):
+    q = q.decode() if isinstance(q, bytes) else q
+    return txt if q.rstrip(".").lower() == name else None
+msg = sys.stdin.buffer.read()
+d = dkim.DKIM(msg)
+try:
+    ok = d.verify(dnsfunc=dnsfunc)
+except dkim.DKIMException as e:
+    print("FAILED:", e)
+    sys.exit(1)
+print("verified" if ok else "FAILED", d.domain, d.selector, d.signed_headers)
+sys.exit(0 if ok else 1)
+"#;
+    use std::io::Write;
+    let child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, "sel1._domainkey.example.test", txt])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let skip = |why: String| {
+        assert!(std::env::var_os("CI").is_none(), "under CI: {why}");
+        eprintln!("skipped: {why}");
+        None
+    };
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return skip(format!("no python3: {e}")),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(mail)
+        .expect("write the mail to python3");
+    let out = child.wait_with_output().expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("dkimpy: {text}");
+    match out.status.code() {
+        Some(0) => Some(true),
+        Some(1) => Some(false),
+        Some(3) => skip(format!("dkimpy or PyNaCl not installed: {text}")),
+        other => panic!("the dkimpy script failed ({other:?}): {text}"),
+    }
+}
+
+#[tokio::test]
+async fn mailed_reports_are_dkim_signed_and_verify_with_dkimpy() {
+    use mta_sts_agent::relay::dkim::DkimSigner;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A PEM PKCS#8 key file of `kind`; None (RSA only) without openssl.
+    let make_key = |kind: &str, name: &str| -> Option<std::path::PathBuf> {
+        let path = dir.path().join(name);
+        if kind == "ed25519" {
+            let rng = ring::rand::SystemRandom::new();
+            let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("keygen");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+            let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+            for chunk in b64.as_bytes().chunks(64) {
+                pem.push_str(std::str::from_utf8(chunk).expect("ascii"));
+                pem.push('\n');
+            }
+            pem.push_str("-----END PRIVATE KEY-----\n");
+            std::fs::write(&path, pem).expect("write key");
+            return Some(path);
+        }
+        let openssl = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        match openssl {
+            Ok(s) if s.success() => Some(path),
+            other => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "openssl genpkey: {other:?}"
+                );
+                eprintln!("RSA skipped: no openssl CLI: {other:?}");
+                None
+            }
+        }
+    };
+    // A bad key is a start-up error naming the file.
+    {
+        let world = World::new().await;
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let extra = format!(
+            "\n[relay.tlsrpt]\ndkim_key_file = \"{}\"\ndkim_selector = \"sel1\"\n",
+            junk.display()
+        );
+        let cfg = config(&world, 25, &extra);
+        let dns = mta_sts_agent::dns::Dns::from_config(&cfg).expect("dns");
+        let e = Tlsrpt::open(&cfg, "relay.test", &dns)
+            .err()
+            .expect("a junk key is refused");
+        assert!(
+            e.contains("relay.tlsrpt.dkim_key_file") && e.contains("junk.pem"),
+            "{e}"
+        );
+    }
+    let mut keys = Vec::new();
+    for (kind, algorithm) in [("ed25519", "ed25519-sha256"), ("rsa", "rsa-sha256")] {
+        if let (Some(key), Some(other)) = (
+            make_key(kind, &format!("{kind}.pem")),
+            make_key(kind, &format!("{kind}-other.pem")),
+        ) {
+            keys.push((algorithm, key, other));
+        }
+    }
+    for (algorithm, path, other) in keys {
+        let signer = DkimSigner::load(&path, "example.test", "sel1").expect("key");
+        assert_eq!(signer.algorithm(), algorithm);
+        let txt = signer.dns_record();
+        let extra = format!(
+            "report_from = \"tlsrpt@example.test\"\ndkim_key_file = \"{}\"\ndkim_selector = \"sel1\"",
+            path.display()
+        );
+        let mail = one_mailed_report(&extra).await;
+        let text = String::from_utf8(mail.clone()).expect("ASCII mail");
+        let head = text.split("\r\n\r\n").next().expect("head");
+        assert!(
+            head.contains(&format!(
+                "a={algorithm}; c=relaxed/relaxed; d=example.test; s=sel1;"
+            )),
+            "{head}"
+        );
+        assert!(
+            head.contains("h=from:to:subject:date:message-id:mime-version:content-type:tls-report-domain:tls-report-submitter;"),
+            "{head}"
+        );
+        let Some(ok) = dkimpy_verifies(&mail, &txt) else {
+            return;
+        };
+        assert!(ok, "{algorithm}: dkimpy does not verify\n{head}");
+        // A changed byte in the report breaks the signature...
+        let mut tampered = mail.clone();
+        let at = text.find("Report-ID").expect("subject");
+        tampered[at] = b'r';
+        assert_eq!(
+            dkimpy_verifies(&tampered, &txt),
+            Some(false),
+            "{algorithm}: tampered header"
+        );
+        let mut tampered = mail.clone();
+        let at = text.rfind("--").expect("closing boundary") - 10;
+        tampered[at] ^= 1;
+        assert_eq!(
+            dkimpy_verifies(&tampered, &txt),
+            Some(false),
+            "{algorithm}: tampered body"
+        );
+        // ...and so does another key.
+        let other = DkimSigner::load(&other, "example.test", "sel1")
+            .expect("other key")
+            .dns_record();
+        assert_eq!(
+            dkimpy_verifies(&mail, &other),
+            Some(false),
+            "{algorithm}: wrong key accepted"
+        );
+    }
+}
+
 #[tokio::test]
 async fn certificate_and_mx_failures_get_their_result_types() {
     use crate::support::smtp::SmtpCert;
@@ -721,6 +954,10 @@ fn tlsrpt_keys_parse_and_are_checked() {
         "flush_interval = \"0s\"",
         "send_delay = \"25h\"",
         "nope = 1",
+        "dkim_key_file = \"/k.pem\"",
+        "dkim_selector = \"s1\"",
+        "dkim_domain = \"example.test\"",
+        "dkim_key_file = \"/k.pem\"\ndkim_selector = \"s1\"\ndkim_domain = \"bad domain\"",
     ] {
         let text = format!("[relay.tlsrpt]\n{bad}\n");
         assert!(

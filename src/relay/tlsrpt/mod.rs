@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use crate::config::{Config, TlsRptConfig};
 use crate::dns::{Answer as DnsAnswer, Dns};
 use crate::policy::tlsrpt::{discover_tlsrpt, parse_rua_uri, RuaUri, TlsRptDiscovery};
+use crate::relay::dkim::DkimSigner;
 use crate::relay::Queue;
 use crate::store::{unix_now, PolicySource, StoredPolicy};
 
@@ -99,6 +100,8 @@ struct Inner {
     reports: tokio::sync::Mutex<Vec<ReportState>>,
     dns: Dns,
     client: reqwest::Client,
+    /// Signs mailed reports (`dkim_key_file`).
+    dkim: Option<DkimSigner>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,6 +148,7 @@ impl Tlsrpt {
             contact_info: cfg.contact_info.clone().unwrap_or_else(|| from.clone()),
         };
         let client = send::https_client(&config.fetch, dns, cfg.post_timeout)?;
+        let dkim = load_dkim(&cfg, &from)?;
         Ok(Tlsrpt {
             inner: Arc::new(Inner {
                 cfg,
@@ -160,6 +164,7 @@ impl Tlsrpt {
                 reports: tokio::sync::Mutex::new(reports),
                 dns: dns.clone(),
                 client,
+                dkim,
             }),
         })
     }
@@ -504,6 +509,7 @@ impl Tlsrpt {
                     day: r.day,
                     now: unix_now(),
                     gz,
+                    dkim: self.inner.dkim.as_ref(),
                 };
                 match send::queue_mail(queue, &mail).await {
                     Ok(id) => {
@@ -556,6 +562,34 @@ impl Tlsrpt {
             }
         }
     }
+}
+
+/// The DKIM signer of `dkim_key_file`, `d=` defaulting to the domain of
+/// the reports' `From:` (`from`); a bad key is a start-up error.
+fn load_dkim(cfg: &TlsRptConfig, from: &str) -> Result<Option<DkimSigner>, String> {
+    let (Some(path), Some(selector)) = (&cfg.dkim_key_file, &cfg.dkim_selector) else {
+        return Ok(None);
+    };
+    let domain = match &cfg.dkim_domain {
+        Some(d) => d.clone(),
+        None => match from.rsplit_once('@') {
+            Some((_, d)) if !d.is_empty() => d.to_string(),
+            _ => {
+                return Err(format!(
+                    "relay.tlsrpt.dkim_domain: report_from {from:?} has no domain; set dkim_domain"
+                ))
+            }
+        },
+    };
+    let signer = DkimSigner::load(path, &domain, selector)
+        .map_err(|e| format!("relay.tlsrpt.dkim_key_file: {e}"))?;
+    tracing::info!(
+        algorithm = signer.algorithm(),
+        dns_name = %signer.dns_name(),
+        txt = %signer.dns_record(),
+        "TLS-RPT reports are DKIM-signed; the public key must be published at dns_name"
+    );
+    Ok(Some(signer))
 }
 
 enum Sent {

@@ -11,6 +11,7 @@ use super::record::day_name;
 use super::report::day_bounds;
 use crate::config::FetchConfig;
 use crate::dns::Dns;
+use crate::relay::dkim::DkimSigner;
 use crate::relay::spool::Envelope;
 use crate::relay::Queue;
 
@@ -78,6 +79,8 @@ pub struct Mail<'a> {
     pub day: u64,
     pub now: u64,
     pub gz: &'a [u8],
+    /// Signs the message (RFC 8460 §5.3) when set.
+    pub dkim: Option<&'a DkimSigner>,
 }
 
 /// True for an address safe to put in an envelope and a header: one
@@ -156,9 +159,18 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
 
 /// Queues a mailed report to `to`, with the null reverse-path: a report
 /// that cannot be delivered is dropped (logged), never bounced to an
-/// address nobody reads. Durable once this returns.
+/// address nobody reads. DKIM-signed when `m.dkim` is set. Durable once
+/// this returns.
 pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
-    let text = message(m);
+    let mut text = message(m);
+    if let Some(signer) = m.dkim {
+        let field = signer
+            .sign(&text, m.now)
+            .map_err(|e| format!("cannot DKIM-sign the report: {e}"))?;
+        let mut signed = field.into_bytes();
+        signed.extend_from_slice(&text);
+        text = signed;
+    }
     let envelope = Envelope {
         id: String::new(),
         sender: String::new(),
