@@ -501,13 +501,28 @@ impl Queue {
             original: &original,
             expired,
         });
+        let bounce_id = self
+            .inject(
+                &msg.envelope.sender,
+                format!("bounce of {}", msg.envelope.id),
+                text,
+            )
+            .await?;
+        tracing::info!(queue_id = %msg.envelope.id, bounce_id = %bounce_id, to = %msg.envelope.sender, failed = failed.len(), "bounce queued");
+        Ok(())
+    }
+
+    /// Queues a message the relay itself wrote (a bounce, a TLS-RPT
+    /// report) for one recipient, from the null reverse-path, so that it
+    /// is never bounced in turn. Durable once this returns its queue id.
+    pub async fn inject(&self, to: &str, client: String, text: Vec<u8>) -> Result<String, String> {
         let envelope = Envelope {
             id: String::new(),
             sender: String::new(),
-            recipients: vec![msg.envelope.sender.clone()],
+            recipients: vec![to.to_string()],
             arrival: unix_now(),
-            client: format!("bounce of {}", msg.envelope.id),
-            smtputf8: !msg.envelope.sender.is_ascii(),
+            client,
+            smtputf8: !to.is_ascii(),
         };
         let spool = self.inner.spool.clone();
         let committed = tokio::task::spawn_blocking(move || {
@@ -518,8 +533,8 @@ impl Queue {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        tracing::info!(queue_id = %msg.envelope.id, bounce_id = %committed.envelope.id, to = %msg.envelope.sender, failed = failed.len(), "bounce queued");
+        let id = committed.envelope.id.clone();
         self.accept(committed);
-        Ok(())
+        Ok(id)
     }
 }

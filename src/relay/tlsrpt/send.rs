@@ -12,7 +12,6 @@ use super::report::day_bounds;
 use crate::config::FetchConfig;
 use crate::dns::Dns;
 use crate::relay::dkim::DkimSigner;
-use crate::relay::spool::Envelope;
 use crate::relay::Queue;
 
 /// An HTTPS client built like the policy fetcher's: same trust anchors,
@@ -171,24 +170,7 @@ pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
         signed.extend_from_slice(&text);
         text = signed;
     }
-    let envelope = Envelope {
-        id: String::new(),
-        sender: String::new(),
-        recipients: vec![m.to.to_string()],
-        arrival: m.now,
-        client: format!("TLS-RPT report {}", m.report_id),
-        smtputf8: !m.to.is_ascii(),
-    };
-    let spool = queue.spool().clone();
-    let committed = tokio::task::spawn_blocking(move || {
-        let mut w = spool.create(envelope)?;
-        w.write(&text)?;
-        w.commit()
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    let id = committed.envelope.id.clone();
-    queue.accept(committed);
-    Ok(id)
+    queue
+        .inject(m.to, format!("TLS-RPT report {}", m.report_id), text)
+        .await
 }
