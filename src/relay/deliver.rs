@@ -85,6 +85,14 @@ impl TlsMode {
         }
     }
 
+    /// What a strict mode is called in reasons: `MTA-STS enforce`, `DANE`.
+    fn what(&self) -> &'static str {
+        match self {
+            TlsMode::Dane(_) => "DANE",
+            _ => "MTA-STS enforce",
+        }
+    }
+
     /// No plaintext, no HELO, no fallback.
     fn strict(&self) -> bool {
         matches!(self, TlsMode::Enforce(_) | TlsMode::Dane(_))
@@ -431,33 +439,60 @@ impl Deliverer {
         crate::metrics::metrics().relay_attempt(mode.label(), result);
     }
 
+    /// The outcome of one MTA-STS or DANE check on a session, in one place:
+    /// counted for TLS-RPT under the mode's policy type, and a failure
+    /// logged and counted in the metrics. Nothing for opportunistic
+    /// deliveries, which have no policy to report on.
+    fn checked(&self, at: At<'_>, local_ip: Option<IpAddr>, failure: Option<(&str, &str)>) {
+        let At {
+            job,
+            mode,
+            mx,
+            addr,
+        } = at;
+        let result_type = failure.map(|(rt, _)| rt);
+        match mode {
+            TlsMode::Opportunistic(_) => return,
+            TlsMode::Dane(records) => self.inner.tlsrpt.tlsa(
+                &job.domain,
+                mx,
+                records,
+                Some(addr.ip()),
+                local_ip,
+                result_type,
+            ),
+            _ => self
+                .inner
+                .tlsrpt
+                .sts(mode.policy(), mx, Some(addr.ip()), local_ip, result_type),
+        }
+        if let Some((result_type, detail)) = failure {
+            let outcome = if mode.strict() {
+                "message not sent"
+            } else {
+                "delivering anyway"
+            };
+            let policy_id = mode.policy().map(|p| p.id.as_str()).unwrap_or("");
+            tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, mode = %mode.label(), policy_id, result_type, detail, outcome, "TLS policy check failed");
+            crate::metrics::metrics().relay_policy_failure(mode.label(), result_type);
+        }
+    }
+
     async fn attempt(&self, job: &Job, mode: &TlsMode, mx: &str, addr: SocketAddr) -> Attempt {
         let outcome = self.session(job, mode, mx, addr, true).await;
-        if let SessionEnd::HandshakeFailed(_, local) = &outcome {
-            let failure = Some("validation-failure");
-            match mode {
-                TlsMode::Dane(records) => self.inner.tlsrpt.tlsa(
-                    &job.domain,
-                    mx,
-                    records,
-                    Some(addr.ip()),
-                    *local,
-                    failure,
-                ),
-                _ => self
-                    .inner
-                    .tlsrpt
-                    .sts(mode.policy(), mx, Some(addr.ip()), *local, failure),
-            }
+        if let SessionEnd::HandshakeFailed(why, local) = &outcome {
+            let at = At {
+                job,
+                mode,
+                mx,
+                addr,
+            };
+            self.checked(at, *local, Some(("validation-failure", why)));
         }
         match outcome {
             // Opportunistic and testing deliveries retry in plaintext after
             // a failed handshake, as Postfix does; enforce never does.
-            SessionEnd::HandshakeFailed(why, _) if !mode.strict() => {
-                if let TlsMode::Testing(p) = mode {
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, policy_id = %p.id, result_type = "validation-failure", error = %why, "MTA-STS testing: TLS handshake failed; retrying without TLS");
-                    crate::metrics::metrics().relay_policy_failure("testing", "validation-failure");
-                }
+            SessionEnd::HandshakeFailed(_, _) if !mode.strict() => {
                 match self.session(job, mode, mx, addr, false).await {
                     SessionEnd::Attempt(a) => a,
                     SessionEnd::HandshakeFailed(why, _) => {
@@ -543,52 +578,18 @@ impl Deliverer {
         };
 
         if !ehlo.has("STARTTLS") || !use_tls {
-            match mode {
-                TlsMode::Enforce(p) => {
-                    me.tlsrpt.sts(
-                        mode.policy(),
-                        mx,
-                        Some(addr.ip()),
-                        local_ip,
-                        Some("starttls-not-supported"),
-                    );
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "starttls-not-supported", "MTA-STS enforce: MX host does not offer STARTTLS; message not sent");
-                    crate::metrics::metrics()
-                        .relay_policy_failure("enforce", "starttls-not-supported");
-                    conn.quit().await;
-                    return next(
-                        self,
-                        NoSession::new("STARTTLS not offered (MTA-STS enforce)", "4.7.5"),
-                    );
-                }
-                TlsMode::Dane(records) => {
-                    me.tlsrpt.tlsa(
-                        &job.domain,
-                        mx,
-                        records,
-                        Some(addr.ip()),
-                        local_ip,
-                        Some("starttls-not-supported"),
-                    );
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "starttls-not-supported", "DANE: MX host with TLSA records does not offer STARTTLS; message not sent");
-                    crate::metrics::metrics()
-                        .relay_policy_failure("dane", "starttls-not-supported");
-                    conn.quit().await;
-                    return next(self, NoSession::new("STARTTLS not offered (DANE)", "4.7.5"));
-                }
-                TlsMode::Testing(p) if use_tls => {
-                    me.tlsrpt.sts(
-                        mode.policy(),
-                        mx,
-                        Some(addr.ip()),
-                        local_ip,
-                        Some("starttls-not-supported"),
-                    );
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "starttls-not-supported", "MTA-STS testing: MX host does not offer STARTTLS; delivering without TLS");
-                    crate::metrics::metrics()
-                        .relay_policy_failure("testing", "starttls-not-supported");
-                }
-                _ => {}
+            // On the plaintext retry the failed handshake is already counted.
+            if use_tls {
+                self.checked(
+                    at,
+                    local_ip,
+                    Some(("starttls-not-supported", "STARTTLS not offered")),
+                );
+            }
+            if mode.strict() {
+                conn.quit().await;
+                let why = format!("STARTTLS not offered ({})", mode.what());
+                return next(self, NoSession::new(why, "4.7.5"));
             }
             let a = self.transaction(&mut conn, &ehlo, at, "none").await;
             return SessionEnd::Attempt(a);
@@ -617,69 +618,42 @@ impl Deliverer {
         let (tls, report) = match me.tls.handshake(tcp, mx, &[]).await {
             Ok(ok) => ok,
             Err(e) => {
-                if let TlsMode::Enforce(p) = mode {
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type = "validation-failure", error = %e, "MTA-STS enforce: TLS handshake failed; message not sent");
-                    crate::metrics::metrics().relay_policy_failure("enforce", "validation-failure");
-                }
-                if let TlsMode::Dane(_) = mode {
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "validation-failure", error = %e, "DANE: TLS handshake failed; message not sent");
-                    crate::metrics::metrics().relay_policy_failure("dane", "validation-failure");
-                }
                 self.log_attempt(at, "failed", "deferred", &e.to_string());
                 return SessionEnd::HandshakeFailed(format!("TLS handshake failed: {e}"), local_ip);
             }
         };
         let mut conn: SmtpConn<Tls> = SmtpConn::new(tls, me.cfg.reply_timeout);
-        me.tlsrpt.sts(
-            mode.policy(),
-            mx,
-            Some(addr.ip()),
+        // DANE hosts are judged by their TLSA records alone; everyone else
+        // by the WebPKI verdict of the handshake.
+        let failure: Option<(&str, String)> = match mode {
+            TlsMode::Dane(records) => {
+                let chain = conn
+                    .get_ref()
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default();
+                crate::dane::verify_chain(&chain, records, mx)
+                    .err()
+                    .map(|m| ("tlsa-invalid", m.to_string()))
+            }
+            _ => report
+                .cert
+                .as_ref()
+                .err()
+                .map(|p| (cert_result_type(p), format!("{p} for {mx}"))),
+        };
+        self.checked(
+            at,
             local_ip,
-            report.cert.as_ref().err().map(cert_result_type),
+            failure.as_ref().map(|(rt, detail)| (*rt, detail.as_str())),
         );
-        if let TlsMode::Dane(records) = mode {
-            let chain = conn
-                .get_ref()
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.to_vec())
-                .unwrap_or_default();
-            let verdict = crate::dane::verify_chain(&chain, records, mx);
-            me.tlsrpt.tlsa(
-                &job.domain,
-                mx,
-                records,
-                Some(addr.ip()),
-                local_ip,
-                verdict.as_ref().err().map(|_| "tlsa-invalid"),
-            );
-            if let Err(mismatch) = verdict {
-                tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, result_type = "tlsa-invalid", problem = %mismatch, "DANE: certificate does not match the TLSA records; message not sent");
-                crate::metrics::metrics().relay_policy_failure("dane", "tlsa-invalid");
-                conn.quit().await;
-                let why = NoSession::new(format!("{mismatch} (DANE)"), "4.7.5");
-                self.log_attempt(at, &report.version, "deferred", &why.reason);
-                return SessionEnd::Attempt(Attempt::Next(why));
-            }
-        } else if let Err(problem) = &report.cert {
-            let result_type = cert_result_type(problem);
-            match mode {
-                TlsMode::Enforce(p) => {
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type, problem = %problem, "MTA-STS enforce: MX certificate not valid; message not sent");
-                    crate::metrics::metrics().relay_policy_failure("enforce", result_type);
-                    conn.quit().await;
-                    let why =
-                        NoSession::new(format!("{problem} for {mx} (MTA-STS enforce)"), "4.7.5");
-                    self.log_attempt(at, &report.version, "deferred", &why.reason);
-                    return SessionEnd::Attempt(Attempt::Next(why));
-                }
-                TlsMode::Testing(p) => {
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, policy_id = %p.id, result_type, problem = %problem, "MTA-STS testing: MX certificate not valid; delivering anyway");
-                    crate::metrics::metrics().relay_policy_failure("testing", result_type);
-                }
-                TlsMode::Opportunistic(_) | TlsMode::Dane(_) => {}
-            }
+        if let (Some((_, detail)), true) = (&failure, mode.strict()) {
+            conn.quit().await;
+            let why = NoSession::new(format!("{detail} ({})", mode.what()), "4.7.5");
+            self.log_attempt(at, &report.version, "deferred", &why.reason);
+            return SessionEnd::Attempt(Attempt::Next(why));
         }
         let ehlo = match conn.ehlo(&me.hostname).await {
             Ok(e) if e.reply.is_positive() => e,
