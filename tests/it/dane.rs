@@ -339,8 +339,14 @@ async fn check_reports_dane_per_mx_with_the_same_rule() {
             .output()
             .await
             .expect("run mta-sts-check");
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{domain}: {e} (exit {:?})\nstdout:\n{}\nstderr:\n{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         let found = j["findings"]
             .as_array()
             .expect("findings")
