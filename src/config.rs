@@ -61,15 +61,23 @@ pub struct RelayConfig {
     /// the greeting: never an open relay.
     pub allowed_networks: Vec<String>,
     pub max_connections: usize,
+    /// Connections one client address may hold at once, so that one host
+    /// cannot take every slot (Postfix's smtpd_client_connection_count_limit).
+    pub max_connections_per_client: usize,
     /// Largest message accepted (SIZE, RFC 1870), in bytes.
     pub max_message_size: u64,
     pub max_recipients: usize,
     /// Commands per session before the server hangs up.
     pub max_commands: usize,
-    /// How long the server waits for a client command or data (RFC 5321
-    /// §4.5.3.2.7: at least 5 minutes).
+    /// A deadline for each whole command line, which a client sending one
+    /// byte at a time cannot reset, and the longest silence within DATA
+    /// (RFC 5321 §4.5.3.2.7: at least 5 minutes).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// The whole DATA phase, from `354` to the final dot, must end within
+    /// this, however the client trickles its bytes.
+    #[serde(with = "humantime_serde")]
+    pub data_deadline: Duration,
     /// PEM certificate chain and key for STARTTLS towards clients. Both or
     /// neither.
     pub tls_cert_file: Option<PathBuf>,
@@ -78,6 +86,14 @@ pub struct RelayConfig {
     /// LOGIN): lines made by `mta-sts-agent relay-password USER`. Unset:
     /// no AUTH, only `allowed_networks` may relay.
     pub auth_users_file: Option<PathBuf>,
+    /// Failed AUTH attempts from one client address before it must wait.
+    pub auth_max_failures: u32,
+    /// The first wait after `auth_max_failures`; it doubles with each
+    /// further failure, up to an hour.
+    #[serde(with = "humantime_serde")]
+    pub auth_backoff: Duration,
+    /// Password checks (PBKDF2, CPU-heavy) running at once; more wait.
+    pub auth_max_parallel: usize,
     /// Waits between delivery attempts of one domain; the last repeats.
     #[serde(with = "duration_list")]
     pub retry_schedule: Vec<Duration>,
@@ -113,13 +129,18 @@ impl Default for RelayConfig {
             hostname: None,
             allowed_networks: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
             max_connections: 100,
+            max_connections_per_client: 50,
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
             max_commands: 10_000,
             command_timeout: m(5),
+            data_deadline: m(20),
             tls_cert_file: None,
             tls_key_file: None,
             auth_users_file: None,
+            auth_max_failures: 5,
+            auth_backoff: m(1),
+            auth_max_parallel: 2,
             retry_schedule: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
             queue_lifetime: Duration::from_secs(5 * 86_400),
             max_deliveries: 20,
@@ -619,6 +640,12 @@ impl Config {
         let r = &self.relay;
         for (key, value) in [
             ("relay.max_connections", r.max_connections),
+            (
+                "relay.max_connections_per_client",
+                r.max_connections_per_client,
+            ),
+            ("relay.auth_max_failures", r.auth_max_failures as usize),
+            ("relay.auth_max_parallel", r.auth_max_parallel),
             ("relay.max_recipients", r.max_recipients),
             ("relay.max_commands", r.max_commands),
             ("relay.max_deliveries", r.max_deliveries),
@@ -642,6 +669,14 @@ impl Config {
                 format!("{:?}", r.retry_schedule),
                 "give at least one wait, none of them zero, e.g. [\"1m\", \"5m\", \"30m\"]",
             ));
+        }
+        for (key, value) in [
+            ("relay.command_timeout", r.command_timeout),
+            ("relay.data_deadline", r.data_deadline),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "0s", "must be at least 1s"));
+            }
         }
         if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
             return Err(invalid(

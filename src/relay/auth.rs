@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -30,6 +31,12 @@ struct Credential {
 /// The users allowed to authenticate.
 pub struct Users {
     creds: HashMap<String, Credential>,
+    /// Checked for unknown user names, so that they cost what a known one
+    /// does and the timing does not tell which names exist.
+    dummy: Credential,
+    runs: AtomicU64,
+    running: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl std::fmt::Debug for Users {
@@ -110,7 +117,26 @@ impl Users {
                 return Err(bad(&format!("user {user} appears twice")));
             }
         }
-        Ok(Users { creds })
+        // The most iterations of the file: an unknown name never costs
+        // less than a known one.
+        let iterations = creds
+            .values()
+            .map(|c| c.iterations)
+            .max()
+            .or(NonZeroU32::new(ITERATIONS))
+            .unwrap_or(NonZeroU32::MIN);
+        let dummy = Credential {
+            iterations,
+            salt: b"mta-sts-agent unknown user".to_vec(),
+            hash: vec![0; 32],
+        };
+        Ok(Users {
+            creds,
+            dummy,
+            runs: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -118,19 +144,33 @@ impl Users {
     }
 
     /// True when `password` is `user`'s. CPU-heavy: call off the async
-    /// threads.
+    /// threads. An unknown user costs the same PBKDF2 run as a known one.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        match self.creds.get(user) {
-            Some(c) => pbkdf2::verify(
-                pbkdf2::PBKDF2_HMAC_SHA256,
-                c.iterations,
-                &c.salt,
-                password,
-                &c.hash,
-            )
-            .is_ok(),
-            None => false,
-        }
+        let known = self.creds.get(user);
+        let c = known.unwrap_or(&self.dummy);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let matches = pbkdf2::verify(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            c.iterations,
+            &c.salt,
+            password,
+            &c.hash,
+        )
+        .is_ok();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        known.is_some() && matches
+    }
+
+    /// PBKDF2 runs so far (known and unknown users alike).
+    pub fn pbkdf2_runs(&self) -> u64 {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    /// The most PBKDF2 runs that were ever in progress at once.
+    pub fn peak_parallel_runs(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -198,6 +238,21 @@ mod tests {
         assert!(users.verify("app", b"s3cret"));
         assert!(!users.verify("app", b"s3cret "));
         assert!(!users.verify("other", b"s3cret"));
+        assert_eq!(
+            users.pbkdf2_runs(),
+            3,
+            "an unknown user costs a PBKDF2 run too"
+        );
+    }
+
+    #[test]
+    fn unknown_users_cost_the_most_iterations_of_the_file() {
+        let a = password_line("a", b"p", 1000).unwrap();
+        let b = password_line("b", b"p", 3000).unwrap();
+        let users = Users::parse(&format!("{a}\n{b}\n")).unwrap();
+        assert_eq!(users.dummy.iterations.get(), 3000);
+        let empty = Users::parse("").unwrap();
+        assert_eq!(empty.dummy.iterations.get(), ITERATIONS);
     }
 
     #[test]

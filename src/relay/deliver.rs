@@ -876,9 +876,10 @@ impl Deliverer {
             .map_err(|e| format!("cannot read the queued message: {e}"))?;
         let file = tokio::fs::File::from_std(body.into_inner());
         let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, file);
-        let mut out: Vec<u8> = Vec::with_capacity(72 * 1024);
-        let mut line_start = true;
-        let mut tail = [b'\r', b'\n'];
+        let mut out: Vec<u8> = Vec::with_capacity(136 * 1024);
+        // Bare CR/LF go out as CRLF and every line's leading dot is
+        // stuffed: no receiver can see an end of data before ours.
+        let mut stuffer = crate::smtp::dotstuff::DotStuffer::new();
         loop {
             let chunk = reader
                 .fill_buf()
@@ -887,14 +888,7 @@ impl Deliverer {
             if chunk.is_empty() {
                 break;
             }
-            for &b in chunk {
-                if line_start && b == b'.' {
-                    out.push(b'.');
-                }
-                out.push(b);
-                line_start = b == b'\n';
-                tail = [tail[1], b];
-            }
+            stuffer.encode(chunk, &mut out);
             let n = chunk.len();
             reader.consume(n);
             if out.len() >= 64 * 1024 {
@@ -902,10 +896,7 @@ impl Deliverer {
                 out.clear();
             }
         }
-        if tail != [b'\r', b'\n'] {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
+        stuffer.finish(&mut out);
         conn.write_raw(&out)
             .await
             .map_err(|e: SmtpError| e.to_string())

@@ -7,6 +7,8 @@
 //! Sessions under MTA-STS are counted for RFC 8460 reports ([`tlsrpt`]).
 
 pub mod auth;
+pub mod auth_limit;
+pub mod client_limit;
 pub mod command;
 pub mod deliver;
 pub mod dkim;
@@ -80,12 +82,23 @@ impl Relay {
                 Some(path) => Some(Arc::new(auth::Users::load(path)?)),
                 None => None,
             },
+            auth: auth_limit::AuthGate::new(
+                config.relay.auth_max_failures,
+                config.relay.auth_backoff,
+                config.relay.auth_max_parallel,
+            ),
         });
         Ok(Relay {
             queue,
             tlsrpt,
             shared,
         })
+    }
+
+    /// The users of `relay.auth_users_file`, if set: their PBKDF2 counters
+    /// show what AUTH costs.
+    pub fn auth_users(&self) -> Option<Arc<auth::Users>> {
+        self.shared.users.clone()
     }
 
     /// Runs the queue and the listeners until `shutdown`.

@@ -1,15 +1,18 @@
 //! The relay's SMTP listener: accept, check the client's network, cap the
-//! connections, and run a [`Session`] per client.
+//! connections (in all and per client address), and run a [`Session`] per
+//! client. Clients that will be refused are refused before they can take a
+//! session slot.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::client_limit::ClientLimit;
 use super::queue::Queue;
 use super::session::Session;
 use crate::config::{IpNet, RelayConfig};
@@ -24,6 +27,8 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Present when `relay.auth_users_file` is set: AUTH after STARTTLS.
     pub users: Option<Arc<super::auth::Users>>,
+    /// AUTH failure back-off and the cap on password checks at once.
+    pub auth: super::auth_limit::AuthGate,
 }
 
 impl Shared {
@@ -73,13 +78,28 @@ pub fn tls_acceptor(cfg: &RelayConfig) -> Result<Option<TlsAcceptor>, String> {
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
+/// The slots every listener shares.
+#[derive(Clone)]
+struct Slots {
+    /// Sessions that may relay (or authenticate).
+    sessions: Arc<Semaphore>,
+    /// Clients being refused: their own pool, so that however many come
+    /// they never take a session slot from an allowed client.
+    refusals: Arc<Semaphore>,
+    per_client: ClientLimit,
+}
+
 /// Accepts clients on every listener until `shutdown`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    let slots = Slots {
+        sessions: Arc::new(Semaphore::new(shared.cfg.max_connections)),
+        refusals: Arc::new(Semaphore::new(shared.cfg.max_connections)),
+        per_client: ClientLimit::new(shared.cfg.max_connections_per_client),
+    };
     let mut tasks = JoinSet::new();
     for l in listeners {
         if let Ok(addr) = l.local_addr() {
@@ -95,10 +115,17 @@ pub async fn serve(
     while tasks.join_next().await.is_some() {}
 }
 
+/// Says `reply` and hangs up, never waiting more than two seconds.
+fn turn_away(sessions: &mut JoinSet<()>, mut tcp: TcpStream, reply: &'static [u8]) {
+    sessions.spawn(async move {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.write_all(reply)).await;
+    });
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -108,7 +135,7 @@ async fn accept_loop(
             _ = shutdown.changed() => break,
         };
         while sessions.try_join_next().is_some() {}
-        let (mut tcp, peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -117,23 +144,48 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "relay connection limit reached; client told to retry");
-            sessions.spawn(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    tcp.write_all(b"421 4.7.0 Too many connections, try again later\r\n"),
-                )
-                .await;
-            });
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
         let allowed = shared.allows(peer);
+        // The network check comes before any session slot is taken: with
+        // AUTH off, a client outside allowed_networks can only be refused.
+        if !allowed && shared.users.is_none() {
+            tracing::warn!(peer = %peer, "relay access denied: client not in relay.allowed_networks");
+            crate::metrics::metrics().relay_sessions_refused.inc();
+            match slots.refusals.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let session = Session::new(tcp, peer, shared.clone());
+                    sessions.spawn(async move {
+                        session.refused().await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => turn_away(&mut sessions, tcp, b"554 5.7.1 relay access denied\r\n"),
+            }
+            continue;
+        }
+        let Some(client) = slots.per_client.try_acquire(peer.ip()) else {
+            tracing::warn!(peer = %peer, limit = shared.cfg.max_connections_per_client, "relay.max_connections_per_client reached for this address; client told to retry");
+            turn_away(
+                &mut sessions,
+                tcp,
+                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+            );
+            continue;
+        };
+        let Ok(permit) = slots.sessions.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, "relay connection limit reached; client told to retry");
+            turn_away(
+                &mut sessions,
+                tcp,
+                b"421 4.7.0 Too many connections, try again later\r\n",
+            );
+            continue;
+        };
         let session = Session::new(tcp, peer, shared.clone());
         sessions.spawn(async move {
             session.run(allowed).await;
             drop(permit);
+            drop(client);
         });
     }
     sessions.abort_all();

@@ -7,15 +7,21 @@
 //!   rest of the line discarded;
 //! - `relay.max_commands` commands or [`MAX_ERRORS`] errors in a session:
 //!   `421 4.7.0` and the connection closed;
-//! - silence longer than `relay.command_timeout`: `421 4.4.2`, closed;
+//! - a command line not complete within `relay.command_timeout` (a
+//!   deadline: a trickle of bytes does not reset it): `421 4.4.2`, closed;
+//! - in DATA, silence longer than `relay.command_timeout`, or the whole
+//!   data phase longer than `relay.data_deadline`: `421 4.4.2`, closed;
 //! - a message over `relay.max_message_size`: `552 5.3.4` after its end;
 //! - a data line over [`MAX_DATA_LINE`] octets: `500 5.5.2` after the end;
-//! - more than `relay.max_recipients` recipients: `452 4.5.3`.
+//! - more than `relay.max_recipients` recipients: `452 4.5.3`;
+//! - `relay.auth_max_failures` failed AUTHs from one address: `454 4.7.0`
+//!   until its back-off is over.
 //!
 //! Line endings: commands may end in a bare LF (tolerated, as Postfix
-//! does). In DATA a bare LF ends a line and is stored as CRLF, but only
-//! `CRLF . CRLF` ends the message (the SMTP smuggling defence, Postfix's
-//! `smtpd_forbid_bare_newline = normalize`).
+//! does). The data is read by [`crate::smtp::data`]: bare CR and bare LF
+//! end a line and are stored as CRLF, but only a real `CRLF . CRLF` ends
+//! the message, and an over-long line keeps its ending (the SMTP smuggling
+//! defence, Postfix's `smtpd_forbid_bare_newline = normalize`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,11 +31,13 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::command::{self, Command, MailParams};
 use super::server::Shared;
 use super::spool::Envelope;
+use crate::smtp::data::DataDecoder;
 use crate::store::unix_now;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 gives 512; the
@@ -40,6 +48,8 @@ pub const MAX_COMMAND_LINE: usize = 2048;
 pub const MAX_DATA_LINE: usize = 64 * 1024;
 /// Errors in a session before the server hangs up.
 pub const MAX_ERRORS: usize = 20;
+/// How long a refused client may stay to read its 554 and say QUIT.
+pub const REFUSED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Plain TCP, or TLS after STARTTLS.
 enum Stream {
@@ -95,10 +105,9 @@ impl AsyncWrite for Stream {
 
 /// What a bounded line read produced.
 enum Line {
-    /// The line without its ending; `crlf` false for a bare LF.
+    /// The line without its ending (CRLF or a bare LF).
     Done {
         bytes: Vec<u8>,
-        crlf: bool,
     },
     /// Longer than the bound; the rest up to the next LF is discarded.
     TooLong,
@@ -174,9 +183,14 @@ impl Session {
         self.write(&format!("{line}\r\n")).await
     }
 
-    /// Reads one line of at most `limit` octets (ending included).
-    async fn read_line(&mut self, limit: usize) -> Line {
-        let timeout = self.shared.cfg.command_timeout;
+    /// The deadline for a command line starting now.
+    fn command_deadline(&self) -> Instant {
+        Instant::now() + self.shared.cfg.command_timeout
+    }
+
+    /// Reads one line of at most `limit` octets (ending included), all of
+    /// it before `deadline`: slow bytes do not buy more time.
+    async fn read_line(&mut self, limit: usize, deadline: Instant) -> Line {
         let mut chunk = [0u8; 8192];
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -186,21 +200,20 @@ impl Session {
                     return Line::TooLong;
                 }
                 bytes.pop();
-                let crlf = bytes.last() == Some(&b'\r');
-                if crlf {
+                if bytes.last() == Some(&b'\r') {
                     bytes.pop();
                 }
                 if bytes.len() + 2 > limit {
                     return Line::TooLong;
                 }
-                return Line::Done { bytes, crlf };
+                return Line::Done { bytes };
             }
             if self.buf.len() > limit {
                 // Keep memory bounded: drop what we have, skip to the LF.
                 self.buf.clear();
                 self.skipping = true;
             }
-            match tokio::time::timeout(timeout, self.stream.read(&mut chunk)).await {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 Err(_) => return Line::TimedOut,
                 Ok(Ok(0)) | Ok(Err(_)) => return Line::Closed,
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
@@ -216,9 +229,9 @@ impl Session {
         // With AUTH configured, other networks may connect and must
         // authenticate before MAIL; without it they are refused at once.
         if !allowed && self.shared.users.is_none() {
-            tracing::warn!(peer = %self.peer, "relay access denied: client not in relay.allowed_networks");
-            crate::metrics::metrics().relay_sessions_refused.inc();
-            let _ = self.refuse(&host).await;
+            // The listener refuses these before they get here; never
+            // serve one as if it were allowed.
+            self.refused().await;
             return;
         }
         if self
@@ -242,14 +255,24 @@ impl Session {
             tokio::time::timeout(std::time::Duration::from_secs(2), self.stream.shutdown()).await;
     }
 
+    /// Serves a client that may not relay: 554, then only QUIT, for at
+    /// most [`REFUSED_DEADLINE`].
+    pub async fn refused(mut self) {
+        let host = self.shared.hostname.clone();
+        let _ = self.refuse(&host).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+
     /// RFC 5321 §3.1: a server that will not serve a client answers 554
     /// and then only QUIT; we hang up after a few commands.
     async fn refuse(&mut self, host: &str) -> Step {
+        let deadline = Instant::now() + REFUSED_DEADLINE.min(self.shared.cfg.command_timeout);
         self.reply(&format!("554 5.7.1 {host} relay access denied"))
             .await?;
         for _ in 0..10 {
-            match self.read_line(MAX_COMMAND_LINE).await {
-                Line::Done { bytes, .. } => {
+            match self.read_line(MAX_COMMAND_LINE, deadline).await {
+                Line::Done { bytes } => {
                     if bytes.eq_ignore_ascii_case(b"QUIT") {
                         return self.reply("221 2.0.0 Bye").await;
                     }
@@ -273,12 +296,13 @@ impl Session {
     }
 
     async fn next_command(&mut self) -> Step {
-        let line = match self.read_line(MAX_COMMAND_LINE).await {
-            Line::Done { bytes, .. } => bytes,
+        let deadline = self.command_deadline();
+        let line = match self.read_line(MAX_COMMAND_LINE, deadline).await {
+            Line::Done { bytes } => bytes,
             Line::TooLong => return self.error("500 5.5.2 Line too long").await,
             Line::Closed => return Err(End::Hangup),
             Line::TimedOut => {
-                tracing::info!(peer = %self.peer, "client idle too long; closing");
+                tracing::info!(peer = %self.peer, timeout = ?self.shared.cfg.command_timeout, "no complete command line within relay.command_timeout; closing");
                 let _ = self.reply("421 4.4.2 Timeout, closing").await;
                 return Err(End::Hangup);
             }
@@ -380,8 +404,9 @@ impl Session {
 
     /// Reads one line of an AUTH exchange; `*` cancels (RFC 4954 §4).
     async fn auth_line(&mut self) -> Result<Option<String>, End> {
-        match self.read_line(MAX_COMMAND_LINE).await {
-            Line::Done { bytes, .. } => {
+        let deadline = self.command_deadline();
+        match self.read_line(MAX_COMMAND_LINE, deadline).await {
+            Line::Done { bytes } => {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 Ok((text.trim() != "*").then_some(text))
             }
@@ -405,6 +430,14 @@ impl Session {
         if self.tx.is_some() {
             return self
                 .error("503 5.5.1 AUTH not permitted during a mail transaction")
+                .await;
+        }
+        // Checked before any credential is read or any PBKDF2 run: an
+        // address that keeps failing costs us nothing while it waits.
+        if let Err(wait) = self.shared.auth.check(self.peer.ip()) {
+            tracing::warn!(peer = %self.peer, wait = ?wait, "AUTH refused: too many failures from this address (relay.auth_max_failures)");
+            return self
+                .error("454 4.7.0 Too many failed authentications, try again later")
                 .await;
         }
         let cancelled = "501 5.7.0 Authentication cancelled";
@@ -457,15 +490,25 @@ impl Session {
             }
         };
         let name = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password))
-            .await
-            .unwrap_or(false);
+        let deadline = self.command_deadline();
+        let checked = self
+            .shared
+            .auth
+            .run(deadline, move || users.verify(&user, &password))
+            .await;
+        let Some(ok) = checked else {
+            tracing::warn!(peer = %self.peer, user = %name, "AUTH not checked: every password check slot stayed busy (relay.auth_max_parallel)");
+            return self
+                .error("454 4.7.0 Temporary authentication failure, try again later")
+                .await;
+        };
         if ok {
             tracing::info!(peer = %self.peer, user = %name, "client authenticated");
             self.user = Some(name);
             self.reply("235 2.7.0 Authentication successful").await
         } else {
             tracing::warn!(peer = %self.peer, user = %name, "authentication failed");
+            self.shared.auth.failed(self.peer.ip());
             // Slows password guessing; the error limit ends the session.
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             self.error("535 5.7.8 Authentication credentials invalid")
@@ -587,47 +630,53 @@ impl Session {
         let max = self.shared.cfg.max_message_size;
         let mut io_error: Option<io::Error> = writer.write(received.as_bytes()).err();
         let mut too_big = false;
-        let mut overlong = false;
-        let mut prev_crlf = true;
-        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut decoder = DataDecoder::new(MAX_DATA_LINE);
+        let mut out: Vec<u8> = Vec::with_capacity(80 * 1024);
+        let mut content: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut chunk = [0u8; 8192];
+        let phase_deadline = Instant::now() + self.shared.cfg.data_deadline;
         loop {
-            let (bytes, crlf) = match self.read_line(MAX_DATA_LINE).await {
-                Line::Done { bytes, crlf } => (bytes, crlf),
-                Line::TooLong => {
-                    // The message is refused at its end; a "." right after
-                    // must still end it, or the client would hang.
-                    overlong = true;
-                    prev_crlf = true;
-                    continue;
+            // Bytes pipelined before the 354 come first.
+            if !self.buf.is_empty() {
+                content.clear();
+                let p = decoder.feed(&self.buf, &mut content);
+                self.buf.drain(..p.consumed);
+                if writer.size() + (out.len() + content.len()) as u64 > max {
+                    too_big = true;
                 }
+                if !too_big && !decoder.overlong() && io_error.is_none() {
+                    out.extend_from_slice(&content);
+                    if out.len() >= 64 * 1024 {
+                        io_error = writer.write(&out).err();
+                        out.clear();
+                    }
+                }
+                if p.end {
+                    break;
+                }
+            }
+            let silence = Instant::now() + self.shared.cfg.command_timeout;
+            let deadline = silence.min(phase_deadline);
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
                 // Nothing was acknowledged; the spool file goes with `writer`.
-                Line::Closed => return Err(End::Hangup),
-                Line::TimedOut => {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(End::Hangup),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    let why = if deadline == phase_deadline {
+                        "the data took longer than relay.data_deadline"
+                    } else {
+                        "silent longer than relay.command_timeout during DATA"
+                    };
+                    tracing::info!(peer = %self.peer, reason = why, "closing the session");
                     let _ = self.reply("421 4.4.2 Timeout during DATA, closing").await;
                     return Err(End::Hangup);
                 }
-            };
-            if bytes == b"." && crlf && prev_crlf {
-                break;
-            }
-            prev_crlf = crlf;
-            // RFC 5321 §4.5.2: remove the leading dot of a stuffed line.
-            let body = bytes.strip_prefix(b".").unwrap_or(&bytes);
-            if writer.size() + out.len() as u64 + body.len() as u64 + 2 > max {
-                too_big = true;
-            }
-            if too_big || overlong || io_error.is_some() {
-                continue;
-            }
-            out.extend_from_slice(body);
-            out.extend_from_slice(b"\r\n");
-            if out.len() >= 64 * 1024 {
-                if let Err(e) = writer.write(&out) {
-                    io_error = Some(e);
-                }
-                out.clear();
             }
         }
+        if decoder.bare_endings() > 0 {
+            tracing::info!(peer = %self.peer, bare = decoder.bare_endings(), "bare CR or LF in the data stored as CRLF");
+        }
+        let overlong = decoder.overlong();
         if too_big {
             return self
                 .reply("552 5.3.4 Message size exceeds fixed limit")

@@ -6,8 +6,14 @@
 //! Limits: a reply line is at most [`reply::MAX_LINE`] bytes and a reply at
 //! most [`reply::MAX_LINES`] lines; anything longer is an error, never a
 //! growing buffer.
+//!
+//! The message body, both ways, is pure wire format: [`data`] reads DATA
+//! for the relay's server side, [`dotstuff`] writes it for deliveries; one
+//! line-ending rule for both, so nothing can end a message early.
 
 pub mod client;
+pub mod data;
+pub mod dotstuff;
 pub mod probe;
 pub mod reply;
 
