@@ -25,6 +25,7 @@ mod postmap;
 mod proxy;
 mod relay;
 mod relay_crash;
+mod relay_session;
 mod relay_tlsrpt;
 mod resolver;
 mod socketmap;
