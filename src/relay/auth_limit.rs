@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use super::client_limit::client_key;
+
 /// Longest back-off, and how long an address must stay quiet (no failure)
 /// before its failures are forgotten.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -23,7 +25,8 @@ struct Failures {
     last: Instant,
 }
 
-/// Failed AUTH attempts by client address. Pure: the caller gives the time.
+/// Failed AUTH attempts by client address (an IPv6 /64 counts as one,
+/// see [`client_key`]). Pure: the caller gives the time.
 #[derive(Debug)]
 pub struct FailureLimit {
     max_failures: u32,
@@ -52,6 +55,7 @@ impl FailureLimit {
 
     /// `Err(wait)` while `ip` must wait before it may try again.
     pub fn check(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let ip = client_key(ip);
         let Some(f) = self.by_ip.get(&ip).copied() else {
             return Ok(());
         };
@@ -69,6 +73,7 @@ impl FailureLimit {
 
     /// Counts a failed attempt from `ip`.
     pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        let ip = client_key(ip);
         if self.by_ip.len() >= MAX_TRACKED && !self.by_ip.contains_key(&ip) {
             self.forget_quietest(now);
         }
