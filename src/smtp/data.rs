@@ -9,7 +9,9 @@
 //! - Only `CRLF . CRLF` ends the data, where the first CRLF is a real CR LF
 //!   pair ending the previous line (or the start of the data). This is
 //!   what RFC 5321 §4.1.1.4 specifies and what Postfix's
-//!   `smtpd_forbid_bare_newline = normalize` enforces.
+//!   `smtpd_forbid_bare_newline = normalize` enforces (Postfix leaves a
+//!   bare CR alone; we treat it like a bare LF, so that no receiver that
+//!   splits lines at CR can be smuggled to either).
 //! - A bare LF and a bare CR each end a content line and are stored as
 //!   CRLF, but a line they end never makes the next line an end of data:
 //!   `\n.\n`, `\n.\r\n`, `\r.\r\n`, `\r\n.\r`, `\r\n.\n` are all content.
