@@ -30,6 +30,7 @@ use tokio_rustls::server::TlsStream;
 use super::command::{self, Command, MailParams};
 use super::server::Shared;
 use super::spool::Envelope;
+use super::spool_limits::EnvelopeBudget;
 use crate::store::unix_now;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 gives 512; the
@@ -110,6 +111,8 @@ struct Transaction {
     sender: String,
     params: MailParams,
     rcpts: Vec<String>,
+    /// Room left in the envelope the spool can store and read back.
+    budget: EnvelopeBudget,
 }
 
 pub struct Session {
@@ -495,6 +498,7 @@ impl Session {
                 .await;
         }
         self.tx = Some(Transaction {
+            budget: EnvelopeBudget::new(&from),
             sender: from,
             params,
             rcpts: Vec::new(),
@@ -531,6 +535,13 @@ impl Session {
             return self.reply("550 5.1.2 Bad destination domain").await;
         }
         if let Some(tx) = &mut self.tx {
+            // An envelope too long to read back after a restart would
+            // strand the message: refuse the recipient that does not fit.
+            if !tx.budget.add(&to) {
+                return self
+                    .reply("452 4.5.3 Too many recipients for one message")
+                    .await;
+            }
             tx.rcpts.push(to);
         }
         self.reply("250 2.1.5 Ok").await
