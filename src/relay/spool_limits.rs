@@ -148,6 +148,8 @@ mod tests {
     #[test]
     fn storable_recipients_cover_the_default() {
         assert!(MAX_STORABLE_RECIPIENTS >= crate::config::RelayConfig::default().max_recipients);
+        // The number in the README's config reference.
+        assert_eq!(MAX_STORABLE_RECIPIENTS, 1258);
     }
 
     #[test]

@@ -224,7 +224,10 @@ async fn corrupt_queue_files_are_recovered_or_set_aside() {
     assert!(all, "pending recipients lost; log:\n{}", daemon.log_text());
     let aside = corrupt_files(&s);
     for name in ["AAAA0001", "AAAA0002", "AAAA0003"] {
-        assert!(aside.contains(&name.to_string()), "{name} not set aside: {aside:?}");
+        assert!(
+            aside.contains(&name.to_string()),
+            "{name} not set aside: {aside:?}"
+        );
     }
     for id in [&a, &b, &c] {
         assert!(
@@ -317,8 +320,11 @@ async fn sigkill_flood_delivers_every_acknowledged_message() {
                     "bob@flood.test",
                     "x\r\n",
                 );
-                let attempt =
-                    tokio::time::timeout(Duration::from_secs(10), try_submit(addr, "bob@flood.test", &msg)).await;
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    try_submit(addr, "bob@flood.test", &msg),
+                )
+                .await;
                 match attempt {
                     Ok(Some(true)) => {
                         acked.lock().unwrap_or_else(|p| p.into_inner()).insert(n);
@@ -339,7 +345,11 @@ async fn sigkill_flood_delivers_every_acknowledged_message() {
         let _ = f.await;
     }
     let acked: HashSet<u64> = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    assert!(acked.len() >= 50, "too few messages acknowledged: {}", acked.len());
+    assert!(
+        acked.len() >= 50,
+        "too few messages acknowledged: {}",
+        acked.len()
+    );
     let mx = &s.mx;
     let drained = eventually(Duration::from_secs(60), || {
         let seen = arrivals(mx);
@@ -396,7 +406,13 @@ impl Mount {
         }
         std::fs::create_dir_all(dir).expect("create the mount point");
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .output();
         match out {
@@ -468,7 +484,12 @@ async fn full_spool_never_answers_250_and_recovers_without_restart() {
     };
     let r = send(1, "x\r\n").await;
     assert_eq!(r.code, 250, "{r}");
-    assert!(eventually(Duration::from_secs(15), || async { mx.message_count() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            mx.message_count() == 1
+        })
+        .await
+    );
 
     let filler = fill(&spool_dir(&s));
     let body = "y".repeat(70) + "\r\n";
@@ -490,9 +511,17 @@ async fn full_spool_never_answers_250_and_recovers_without_restart() {
     std::fs::remove_file(filler).expect("free the space");
     let r = send(7, "x\r\n").await;
     assert_eq!(r.code, 250, "{r}");
-    assert!(eventually(Duration::from_secs(15), || async { mx.message_count() == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            mx.message_count() == 2
+        })
+        .await
+    );
     let seen = arrivals(mx);
-    assert_eq!(seen.keys().copied().collect::<HashSet<u64>>(), HashSet::from([1, 7]));
+    assert_eq!(
+        seen.keys().copied().collect::<HashSet<u64>>(),
+        HashSet::from([1, 7])
+    );
     daemon.stop().await;
 }
 
@@ -526,7 +555,12 @@ async fn read_only_spool_answers_451_and_recovers_after_remount() {
 
     s.mx.set_options(SmtpOptions::new("mx1.ro.test"));
     let mx = &s.mx;
-    assert!(eventually(Duration::from_secs(15), || async { mx.message_count() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            mx.message_count() == 1
+        })
+        .await
+    );
     let stuck = eventually(Duration::from_secs(10), || {
         let t = daemon.log_text();
         async move { t.contains("cannot remove a finished message from the spool") }
@@ -541,11 +575,20 @@ async fn read_only_spool_answers_451_and_recovers_after_remount() {
         async move { empty }
     })
     .await;
-    assert!(removed, "finished message never removed; log:\n{}", daemon.log_text());
+    assert!(
+        removed,
+        "finished message never removed; log:\n{}",
+        daemon.log_text()
+    );
     let msg = message("crash-3", "alice@sender.test", "bob@ro.test", "x\r\n");
     let r = submit(s.relay, "alice@sender.test", &["bob@ro.test"], &msg).await;
     assert_eq!(r.code, 250, "{r}");
-    assert!(eventually(Duration::from_secs(15), || async { mx.message_count() == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            mx.message_count() == 2
+        })
+        .await
+    );
     let seen = arrivals(mx);
     assert_eq!(seen.get(&1), Some(&1), "{seen:?}");
     assert_eq!(seen.get(&3), Some(&1), "{seen:?}");

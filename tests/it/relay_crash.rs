@@ -93,8 +93,11 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
                 let msg = message(&id, "alice@sender.test", "bob@crash.test", "x\r\n");
                 // A refused connection (the daemon is down) or a broken
                 // session is just a message that was never acknowledged.
-                let attempt =
-                    tokio::time::timeout(Duration::from_secs(10), try_submit(addr, "bob@crash.test", &msg)).await;
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    try_submit(addr, "bob@crash.test", &msg),
+                )
+                .await;
                 match attempt {
                     Ok(Some(true)) => {
                         acked.lock().unwrap_or_else(|p| p.into_inner()).insert(n);
