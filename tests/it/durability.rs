@@ -595,3 +595,32 @@ async fn read_only_spool_answers_451_and_recovers_after_remount() {
     assert!(!seen.contains_key(&2));
     daemon.stop().await;
 }
+
+/// Issue 12 item 2: `relay.max_recipients` beyond what a queued message
+/// can hold and still be read back after a restart stops the start-up
+/// with the numbers, instead of accepting mail that a restart would strand.
+#[tokio::test]
+async fn max_recipients_beyond_the_spool_limits_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = crate::daemon::write_file(
+        dir.path(),
+        "big.toml",
+        &format!(
+            "state_dir = \"{}\"\n[relay]\nlisten = [\"127.0.0.1:{}\"]\nmax_recipients = 5000\n",
+            dir.path().join("state").display(),
+            crate::daemon::free_port()
+        ),
+    );
+    let out = run(&["--config", path.to_str().expect("utf-8 path"), "serve"]).await;
+    let stderr = crate::daemon::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for needle in [
+        "relay.max_recipients",
+        "5000",
+        "at most 1258",
+        "1048576",
+        "4194304",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing: {stderr}");
+    }
+}
