@@ -255,10 +255,14 @@ impl Spool {
                         file: None,
                         size: 0,
                         placed: false,
+                        line_len: 0,
                     };
                     let mut line =
                         serde_json::to_vec(&writer.envelope).map_err(io::Error::other)?;
+                    // Room for the body size, written in place at commit.
+                    line.resize(line.len() + SEAL_ROOM, b' ');
                     line.push(b'\n');
+                    writer.line_len = line.len();
                     if line.len() > MAX_ENVELOPE {
                         // The reader would refuse it after a restart.
                         return Err(io::Error::new(
@@ -364,7 +368,9 @@ impl Spool {
                 "envelope id does not match the file name".into(),
             ));
         }
-        let state = match self.read_state(id, &envelope)? {
+        let seal: Seal = serde_json::from_slice(&line).unwrap_or_default();
+        let size = total.saturating_sub(line.len() as u64);
+        let mut state = match self.read_state(id, &envelope)? {
             Ok(state) => state,
             Err(why) => {
                 let corrupt = self.dir.join("corrupt");
@@ -381,11 +387,57 @@ impl Spool {
                 QueueState::new(&envelope)
             }
         };
+        if let Some(sealed) = seal.body_size.filter(|&n| n != size) {
+            self.damaged_body(id, sealed, size, &mut state)?;
+        }
         Ok(Spooled {
-            size: total.saturating_sub(line.len() as u64),
+            size,
             envelope,
             state,
         })
+    }
+
+    /// The body is not the length it had when the client heard `250`
+    /// (cut by a disk fault or by hand): sending it would deliver a
+    /// different message. A copy goes to `corrupt/` and every pending
+    /// recipient fails, so that the sender gets a bounce and can send the
+    /// message again: reported, never silently lost or mangled.
+    fn damaged_body(
+        &self,
+        id: &str,
+        sealed: u64,
+        found: u64,
+        state: &mut QueueState,
+    ) -> Result<(), LoadError> {
+        let corrupt = self.dir.join("corrupt");
+        mkdir(&corrupt)?;
+        match fs::hard_link(self.message_path(id), corrupt.join(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(LoadError::Io(e)),
+        }
+        let reason = format!(
+            "the queued copy of the message was damaged ({found} of {sealed} octets left); please send it again"
+        );
+        let mut failed = 0;
+        for st in &mut state.rcpts {
+            if st.status == RcptStatus::Pending {
+                st.status = RcptStatus::Failed;
+                st.reason = Some(reason.clone());
+                st.code = Some("5.3.0".to_string());
+                failed += 1;
+            }
+        }
+        crate::metrics::metrics().relay_spool_set_aside.inc();
+        tracing::error!(
+            queue_id = %id,
+            expected = sealed,
+            found,
+            bounced = failed,
+            copy = %corrupt.join(id).display(),
+            "message file damaged; a copy is kept in corrupt/ and its pending recipients are bounced to the sender"
+        );
+        Ok(())
     }
 
     /// The saved state of `id`: `Ok(Err(why))` when the file is malformed.
@@ -556,6 +608,37 @@ pub struct SpoolWriter {
     size: u64,
     /// Renamed into `messages/`: no longer ours to clean up on drop.
     placed: bool,
+    /// Length of the envelope line, room for the seal included.
+    line_len: usize,
+}
+
+/// Spaces after the envelope JSON, replaced at commit by `,"body_size":N`
+/// (at most 33 octets); JSON allows the whitespace that remains.
+const SEAL_ROOM: usize = 40;
+
+/// What the commit adds to the envelope line.
+#[derive(Debug, Default, Deserialize)]
+struct Seal {
+    /// Octets after the envelope line; absent in files written before it.
+    #[serde(default)]
+    body_size: Option<u64>,
+}
+
+/// The envelope line with the body size, exactly `len` octets long.
+fn sealed_line(envelope: &Envelope, size: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(envelope).map_err(io::Error::other)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("body_size".into(), size.into());
+    }
+    let mut line = serde_json::to_vec(&value).map_err(io::Error::other)?;
+    if line.len() + 1 > len {
+        return Err(io::Error::other(
+            "no room for the body size in the envelope line",
+        ));
+    }
+    line.resize(len - 1, b' ');
+    line.push(b'\n');
+    Ok(line)
 }
 
 impl SpoolWriter {
@@ -600,6 +683,12 @@ impl SpoolWriter {
             .take()
             .ok_or_else(|| io::Error::other("spool file already closed"))?;
         let file = file.into_inner().map_err(|e| e.into_error())?;
+        // The body size goes into the envelope line before the fsync, so a
+        // message cut short later is told apart from the one acknowledged.
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&sealed_line(&self.envelope, self.size, self.line_len)?, 0)?;
+        }
         fault("commit.sync_file")?;
         file.sync_all()?;
         drop(file);
@@ -841,6 +930,37 @@ mod tests {
             fs::read_dir(dir.path().join("incoming")).unwrap().count(),
             0
         );
+    }
+
+    /// A message file cut short after its `250` (envelope intact) is
+    /// neither delivered mangled nor dropped: its recipients fail, so the
+    /// sender gets a bounce, and a copy stays in `corrupt/`.
+    #[test]
+    fn truncated_body_bounces_instead_of_sending_a_mangled_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let msg = committed(&spool, &["b@y.test", "c@z.test"]);
+        let id = msg.envelope.id.clone();
+        let intact = load_all_messages(&spool);
+        assert_eq!(
+            intact[0].state, msg.state,
+            "an intact message loads unchanged"
+        );
+        let path = dir.path().join("messages").join(&id);
+        let len = fs::metadata(&path).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let all = load_all_messages(&spool);
+        assert_eq!(all.len(), 1);
+        for st in &all[0].state.rcpts {
+            assert_eq!(st.status, RcptStatus::Failed);
+            assert!(st.reason.as_deref().unwrap().contains("damaged"), "{st:?}");
+        }
+        assert!(dir.path().join("corrupt").join(&id).exists());
     }
 
     /// Issue 12 item 5: when the directory fsync after the rename fails,

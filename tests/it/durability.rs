@@ -174,8 +174,9 @@ async fn unreadable_queue_file_is_retried_not_set_aside() {
 
 /// Truncated, zero-length and garbage files: a bad state file costs the
 /// delivery progress, never the recipients (retried from the envelope); a
-/// bad message file is set aside in `corrupt/`, logged, and the rest of the
-/// queue carries on.
+/// message file whose body was cut short is not sent mangled but bounced
+/// (its recipients failed from the envelope); a bad message file is set
+/// aside in `corrupt/`, logged, and the rest of the queue carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_queue_files_are_recovered_or_set_aside() {
     let s = setup(
@@ -187,7 +188,7 @@ async fn corrupt_queue_files_are_recovered_or_set_aside() {
     .await;
     let log = s.world.dir.path().join("daemon.log");
     let mut daemon = Daemon::start(&s.config, s.relay, log.clone()).await;
-    for n in 1..=3 {
+    for n in 1..=4 {
         let msg = message(
             &format!("crash-{n}"),
             "alice@sender.test",
@@ -197,7 +198,7 @@ async fn corrupt_queue_files_are_recovered_or_set_aside() {
         let r = submit(s.relay, "alice@sender.test", &["bob@corrupt.test"], &msg).await;
         assert_eq!(r.code, 250, "{r}");
     }
-    wait_for_state_files(&s, 3).await;
+    wait_for_state_files(&s, 4).await;
     daemon.kill9().await;
 
     // Bad state files for the three real messages.
@@ -212,6 +213,10 @@ async fn corrupt_queue_files_are_recovered_or_set_aside() {
     std::fs::write(messages.join("AAAA0001"), b"\x00\xffjunk\r\n").expect("garbage");
     std::fs::write(messages.join("AAAA0002"), b"").expect("zero-length");
     std::fs::write(messages.join("AAAA0003"), &real[..20]).expect("truncated");
+    // A body cut short, the envelope line intact.
+    let d = queue_id_of(&s, 4);
+    let full = std::fs::read(messages.join(&d)).expect("message");
+    std::fs::write(messages.join(&d), &full[..full.len() - 3]).expect("cut the body");
 
     s.mx.set_options(SmtpOptions::new("mx1.corrupt.test"));
     let mut daemon = Daemon::start(&s.config, s.relay, log).await;
@@ -223,7 +228,7 @@ async fn corrupt_queue_files_are_recovered_or_set_aside() {
     .await;
     assert!(all, "pending recipients lost; log:\n{}", daemon.log_text());
     let aside = corrupt_files(&s);
-    for name in ["AAAA0001", "AAAA0002", "AAAA0003"] {
+    for name in ["AAAA0001", "AAAA0002", "AAAA0003", d.as_str()] {
         assert!(
             aside.contains(&name.to_string()),
             "{name} not set aside: {aside:?}"
@@ -246,12 +251,24 @@ async fn corrupt_queue_files_are_recovered_or_set_aside() {
         3,
         "{text}"
     );
-    let msg = message("crash-4", "alice@sender.test", "bob@corrupt.test", "x\r\n");
+    let bounced = eventually(Duration::from_secs(10), || {
+        let t = daemon.log_text();
+        let needle = format!("bounce queued queue_id={d}");
+        async move { t.contains("message file damaged") && t.contains(&needle) }
+    })
+    .await;
+    assert!(
+        bounced,
+        "damaged body not bounced; log:\n{}",
+        daemon.log_text()
+    );
+    assert!(!arrivals(mx).contains_key(&4), "a damaged message was sent");
+    let msg = message("crash-5", "alice@sender.test", "bob@corrupt.test", "x\r\n");
     let r = submit(s.relay, "alice@sender.test", &["bob@corrupt.test"], &msg).await;
     assert_eq!(r.code, 250, "{r}");
     assert!(
         eventually(Duration::from_secs(15), || async {
-            arrivals(mx).contains_key(&4)
+            arrivals(mx).contains_key(&5)
         })
         .await
     );
