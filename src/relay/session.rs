@@ -570,9 +570,7 @@ impl Session {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot create a spool file");
-                return self
-                    .reply("451 4.3.0 Local error: cannot queue messages now")
-                    .await;
+                return self.reply(super::spool::refusal(&e)).await;
             }
         };
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
@@ -656,9 +654,7 @@ impl Session {
         }
         if let Some(e) = io_error {
             tracing::error!(peer = %self.peer, error = %e, "cannot write to the spool");
-            return self
-                .reply("451 4.3.0 Local error: cannot queue messages now")
-                .await;
+            return self.reply(super::spool::refusal(&e)).await;
         }
         let committed = tokio::task::spawn_blocking(move || writer.commit()).await;
         match committed {
@@ -677,8 +673,7 @@ impl Session {
             }
             Ok(Err(e)) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot commit the message to the spool");
-                self.reply("451 4.3.0 Local error: cannot queue messages now")
-                    .await
+                self.reply(super::spool::refusal(&e)).await
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "spool task failed");

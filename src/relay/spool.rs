@@ -151,6 +151,19 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The answer to a client whose message could not be queued because of
+/// `e`: nothing was stored, so always a temporary failure. A full disk or
+/// quota is RFC 5321 §4.2.3's `452` "insufficient system storage" (RFC 3463
+/// X.3.1 "mail system full"); anything else a local error.
+pub fn refusal(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) => {
+            "452 4.3.1 Insufficient system storage, try again later"
+        }
+        _ => "451 4.3.0 Local error: cannot queue messages now",
+    }
+}
+
 /// Why a message could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {

@@ -478,7 +478,7 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-/// Disk full: every submission is answered with a 4xx, never `250` for a
+/// Disk full: every submission is answered with `452 4.3.1`, never `250` for a
 /// message that could not be stored; when space returns, the relay takes
 /// and delivers mail again without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,10 +512,9 @@ async fn full_spool_never_answers_250_and_recovers_without_restart() {
     let body = "y".repeat(70) + "\r\n";
     for n in 2..=6 {
         let r = send(n, &body.repeat(300)).await;
-        assert!(
-            r.code == 451 || r.code == 452,
-            "message {n} on a full disk answered {r}"
-        );
+        // RFC 5321 §4.2.3: 452, insufficient system storage.
+        assert_eq!(r.code, 452, "message {n} on a full disk answered {r}");
+        assert!(r.to_string().contains("4.3.1"), "{r}");
     }
     let text = daemon.log_text();
     assert!(
