@@ -218,16 +218,24 @@ impl Queue {
             return;
         }
         let spool = self.inner.spool.clone();
+        let retry = ids.clone();
         let results = tokio::task::spawn_blocking(move || {
             ids.into_iter()
                 .map(|id| {
                     let r = spool.load(&id);
+                    if let Err(LoadError::Malformed(why)) = &r {
+                        spool.set_aside(&id, why);
+                    }
                     (id, r)
                 })
                 .collect::<Vec<_>>()
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let Ok(results) = results else {
+            // The loader itself failed: keep every id for the next round.
+            lock(&self.inner.unloaded).extend(retry);
+            return;
+        };
         let mut still = Vec::new();
         for (id, r) in results {
             match r {
@@ -237,10 +245,8 @@ impl Queue {
                         .entry(id)
                         .or_insert_with(|| Entry::new(msg));
                 }
-                Err(LoadError::Gone) => {}
-                Err(LoadError::Malformed(why)) => {
-                    tracing::error!(queue_id = %id, reason = %why, "queued message turned out malformed; left in messages/ for inspection");
-                }
+                // Gone, or set aside (and logged) above.
+                Err(LoadError::Gone) | Err(LoadError::Malformed(_)) => {}
                 Err(LoadError::Io(e)) => {
                     tracing::warn!(queue_id = %id, error = %e, "queued message still unreadable; tried again later");
                     still.push(id);

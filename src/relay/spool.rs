@@ -338,7 +338,7 @@ impl Spool {
 
     /// Moves a malformed message (and its state) to `corrupt/`, never over
     /// a file already there.
-    fn set_aside(&self, id: &str, why: &str) {
+    pub fn set_aside(&self, id: &str, why: &str) {
         crate::metrics::metrics().relay_spool_set_aside.inc();
         let corrupt = self.dir.join("corrupt");
         let moved = mkdir(&corrupt)
