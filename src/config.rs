@@ -656,6 +656,20 @@ impl Config {
                 return Err(invalid(key, "0", "must be at least 1"));
             }
         }
+        // A message the relay accepts must load back after a restart: its
+        // envelope and delivery state have read limits (issue 12 item 2).
+        let storable = crate::relay::spool_limits::MAX_STORABLE_RECIPIENTS;
+        if r.max_recipients > storable {
+            return Err(invalid(
+                "relay.max_recipients",
+                r.max_recipients.to_string(),
+                format!(
+                    "at most {storable}: the queue stores an envelope of up to {} octets and a delivery state of up to {} octets per message",
+                    crate::relay::spool_limits::MAX_ENVELOPE,
+                    crate::relay::spool_limits::MAX_STATE
+                ),
+            ));
+        }
         if r.max_message_size < 1024 {
             return Err(invalid(
                 "relay.max_message_size",
@@ -984,6 +998,21 @@ servername = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    /// Issue 12 item 2: more recipients than a queued message can hold
+    /// (and still be read back after a restart) is a config error.
+    #[test]
+    fn max_recipients_is_bounded_by_what_the_spool_stores() {
+        let max = crate::relay::spool_limits::MAX_STORABLE_RECIPIENTS;
+        assert!(parse(&format!("[relay]\nmax_recipients = {max}\n")).is_ok());
+        let e = parse(&format!("[relay]\nmax_recipients = {}\n", max + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relay.max_recipients"), "{e}");
+        assert!(e.contains(&format!("at most {max}")), "{e}");
+        assert!(e.contains("1048576 octets"), "{e}");
+        assert!(parse("[relay]\nmax_recipients = 100000\n").is_err());
     }
 
     #[test]

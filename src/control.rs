@@ -169,7 +169,10 @@ async fn handle_queue(access: &QueueAccess, req: Request) -> Response {
 
 /// Queue commands on the spool itself (no daemon running).
 fn offline_queue(spool: &Spool, req: Request) -> Response {
-    let all = spool.load_all();
+    let all = match spool.load_all() {
+        Ok(loaded) => loaded.messages,
+        Err(e) => return failure(format!("cannot read the queue: {e}")),
+    };
     let views: Vec<QueueView> = all.iter().map(QueueView::of).collect();
     match req {
         Request::QueueList => Response {

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub relay_attempts: Family<AttemptLabels, Counter>,
     pub relay_policy_failures: Family<PolicyFailureLabels, Counter>,
     pub relay_queue: Gauge,
+    pub relay_spool_state_recovered: Counter,
+    pub relay_spool_set_aside: Counter,
+    pub relay_spool_load_errors: Counter,
 }
 
 impl Metrics {
@@ -172,6 +175,24 @@ impl Metrics {
             "Messages in the relay queue",
             relay_queue.clone(),
         );
+        let relay_spool_state_recovered = Counter::default();
+        registry.register(
+            "relay_spool_state_recovered",
+            "Unreadable delivery state files set aside; their recipients were recovered from the envelope and retried",
+            relay_spool_state_recovered.clone(),
+        );
+        let relay_spool_set_aside = Counter::default();
+        registry.register(
+            "relay_spool_set_aside",
+            "Malformed queue files moved to the spool's corrupt/ directory",
+            relay_spool_set_aside.clone(),
+        );
+        let relay_spool_load_errors = Counter::default();
+        registry.register(
+            "relay_spool_load_errors",
+            "Queued messages that could not be read for now (I/O error) and are retried",
+            relay_spool_load_errors.clone(),
+        );
         // Known label values start at zero, so dashboards and alerts see
         // every series from the first scrape, not only after a first event.
         let _ = fetches.get_or_create(&FetchLabels {
@@ -227,6 +248,9 @@ impl Metrics {
             relay_attempts,
             relay_policy_failures,
             relay_queue,
+            relay_spool_state_recovered,
+            relay_spool_set_aside,
+            relay_spool_load_errors,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod spool_limits;
 pub mod tlsrpt;
 
 use std::sync::Arc;
@@ -71,7 +72,9 @@ impl Relay {
             spool.clone(),
             tlsrpt.clone(),
         );
-        let queue = Queue::open(spool, deliverer, config.relay.clone(), hostname.clone()).await;
+        let queue = Queue::open(spool, deliverer, config.relay.clone(), hostname.clone())
+            .await
+            .map_err(|e| format!("cannot read the relay queue {}: {e}", dir.display()))?;
         let shared = Arc::new(server::Shared {
             cfg: config.relay.clone(),
             hostname,

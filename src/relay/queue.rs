@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use super::deliver::{retry_delay, Deliverer, Job, RcptResult};
 use super::dsn::{self, Bounce, FailedRecipient};
-use super::spool::{Envelope, RcptStatus, Spool, Spooled};
+use super::spool::{summary, Envelope, LoadError, RcptStatus, Spool, Spooled};
 use crate::config::RelayConfig;
 use crate::store::unix_now;
 
@@ -37,6 +37,23 @@ struct Entry {
     /// entry stays listed until the message is gone, so the queue is never
     /// seen empty while a bounce is still being queued.
     finishing: bool,
+    /// The bounce is queued: a removal that failed and is retried must not
+    /// queue it again.
+    bounced: bool,
+    /// Unix seconds before which a failed removal is not retried.
+    retry_finish: u64,
+}
+
+impl Entry {
+    fn new(msg: Spooled) -> Entry {
+        Entry {
+            msg,
+            busy: HashSet::new(),
+            finishing: false,
+            bounced: false,
+            retry_finish: 0,
+        }
+    }
 }
 
 impl Entry {
@@ -138,7 +155,14 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Serialises state writes, so a file never goes back to an older state.
     persist: tokio::sync::Mutex<()>,
+    /// Messages on disk that could not be read (an I/O error, not a
+    /// malformed file), loaded again every [`RELOAD_EVERY`].
+    unloaded: Mutex<Vec<String>>,
 }
+
+/// How often messages that could not be read are tried again, and how
+/// long a failed removal waits.
+const RELOAD_EVERY: u64 = 5;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -146,38 +170,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Queue {
     /// Loads every message in the spool; deliveries start with [`run`](Self::run).
+    /// A spool directory that cannot be listed is an error: the queue in it
+    /// would otherwise be silently never delivered.
     pub async fn open(
         spool: Spool,
         deliverer: Deliverer,
         cfg: RelayConfig,
         hostname: String,
-    ) -> Queue {
+    ) -> std::io::Result<Queue> {
         let loader = spool.clone();
-        let messages = tokio::task::spawn_blocking(move || loader.load_all())
+        let loaded = tokio::task::spawn_blocking(move || loader.load_all())
             .await
-            .unwrap_or_default();
-        if !messages.is_empty() {
+            .map_err(std::io::Error::other)??;
+        if !loaded.messages.is_empty() || !loaded.retry.is_empty() {
             tracing::info!(
-                messages = messages.len(),
+                messages = loaded.messages.len(),
+                unreadable = loaded.retry.len(),
                 spool = %spool.dir().display(),
                 "queue loaded from the spool; resuming delivery"
             );
         }
-        let entries = messages
+        let entries = loaded
+            .messages
             .into_iter()
-            .map(|m| {
-                (
-                    m.envelope.id.clone(),
-                    Entry {
-                        msg: m,
-                        busy: HashSet::new(),
-                        finishing: false,
-                    },
-                )
-            })
+            .map(|m| (m.envelope.id.clone(), Entry::new(m)))
             .collect();
         let slots = Arc::new(Semaphore::new(cfg.max_deliveries));
-        Queue {
+        Ok(Queue {
             inner: Arc::new(Inner {
                 spool,
                 deliverer,
@@ -187,8 +206,55 @@ impl Queue {
                 wake: Notify::new(),
                 slots,
                 persist: tokio::sync::Mutex::new(()),
+                unloaded: Mutex::new(loaded.retry),
             }),
+        })
+    }
+
+    /// Tries again to load the messages an I/O error kept out of the queue.
+    async fn reload(&self) {
+        let ids = std::mem::take(&mut *lock(&self.inner.unloaded));
+        if ids.is_empty() {
+            return;
         }
+        let spool = self.inner.spool.clone();
+        let retry = ids.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            ids.into_iter()
+                .map(|id| {
+                    let r = spool.load(&id);
+                    if let Err(LoadError::Malformed(why)) = &r {
+                        spool.set_aside(&id, why);
+                    }
+                    (id, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(results) = results else {
+            // The loader itself failed: keep every id for the next round.
+            lock(&self.inner.unloaded).extend(retry);
+            return;
+        };
+        let mut still = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(msg) => {
+                    tracing::info!(queue_id = %id, "queued message readable again; delivery resumes");
+                    lock(&self.inner.entries)
+                        .entry(id)
+                        .or_insert_with(|| Entry::new(msg));
+                }
+                // Gone, or set aside (and logged) above.
+                Err(LoadError::Gone) | Err(LoadError::Malformed(_)) => {}
+                Err(LoadError::Io(e)) => {
+                    tracing::warn!(queue_id = %id, error = %e, "queued message still unreadable; tried again later");
+                    still.push(id);
+                }
+            }
+        }
+        lock(&self.inner.unloaded).extend(still);
+        self.inner.wake.notify_one();
     }
 
     pub fn spool(&self) -> &Spool {
@@ -206,14 +272,7 @@ impl Queue {
     /// Hands a freshly committed message to the scheduler.
     pub fn accept(&self, msg: Spooled) {
         crate::metrics::metrics().relay_received.inc();
-        lock(&self.inner.entries).insert(
-            msg.envelope.id.clone(),
-            Entry {
-                msg,
-                busy: HashSet::new(),
-                finishing: false,
-            },
-        );
+        lock(&self.inner.entries).insert(msg.envelope.id.clone(), Entry::new(msg));
         self.inner.wake.notify_one();
     }
 
@@ -264,7 +323,12 @@ impl Queue {
     /// Schedules deliveries until `shutdown`. Deliveries in flight at
     /// shutdown are abandoned; their recipients stay pending in the spool.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut last_reload = 0;
         loop {
+            if unix_now() >= last_reload + RELOAD_EVERY {
+                last_reload = unix_now();
+                self.reload().await;
+            }
             self.start_due();
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -281,7 +345,7 @@ impl Queue {
         {
             let mut entries = lock(&self.inner.entries);
             for (id, e) in entries.iter_mut() {
-                if e.finishing {
+                if e.finishing || e.retry_finish > now {
                     continue;
                 }
                 if e.is_final() {
@@ -358,10 +422,12 @@ impl Queue {
                     continue;
                 };
                 match r {
+                    // Only a summary is kept (in memory as on disk): a
+                    // remote reply may be 100 lines of 1000 octets.
                     RcptResult::Delivered { mx, reply } => {
                         st.status = RcptStatus::Delivered;
-                        st.mx = Some(mx);
-                        st.reply = Some(reply);
+                        st.mx = Some(summary(&mx));
+                        st.reply = Some(summary(&reply));
                         st.reason = None;
                     }
                     RcptResult::Failed {
@@ -371,10 +437,10 @@ impl Queue {
                         reason,
                         code,
                     } => {
-                        st.mx = mx;
-                        st.reply = reply;
-                        st.reason = Some(reason);
-                        st.code = Some(code);
+                        st.mx = mx.as_deref().map(summary);
+                        st.reply = reply.as_deref().map(summary);
+                        st.reason = Some(summary(&reason));
+                        st.code = Some(summary(&code));
                         if permanent {
                             st.status = RcptStatus::Failed;
                         } else {
@@ -394,9 +460,9 @@ impl Queue {
                             if st.status == RcptStatus::Pending {
                                 st.status = RcptStatus::Failed;
                                 let last = st.reason.take().unwrap_or_default();
-                                st.reason = Some(format!(
+                                st.reason = Some(summary(&format!(
                                     "undeliverable for the queue lifetime ({lifetime}); last error: {last}"
-                                ));
+                                )));
                                 if !st.code.as_deref().is_some_and(|c| c.starts_with('4')) {
                                     st.code = Some("4.4.7".to_string());
                                 }
@@ -430,8 +496,8 @@ impl Queue {
     /// bounce twice: at least once, as for any delivery.
     async fn finish(&self, id: &str) {
         let _guard = self.inner.persist.lock().await;
-        let msg = match lock(&self.inner.entries).get(id) {
-            Some(e) => e.msg.clone(),
+        let (msg, bounced) = match lock(&self.inner.entries).get(id) {
+            Some(e) => (e.msg.clone(), e.bounced),
             None => return, // deleted meanwhile
         };
         let failed: Vec<FailedRecipient> = msg
@@ -449,7 +515,7 @@ impl Queue {
             })
             .collect();
         let delivered = msg.state.rcpts.len() - failed.len();
-        if !failed.is_empty() {
+        if !failed.is_empty() && !bounced {
             if msg.envelope.sender.is_empty() {
                 // RFC 5321 §6.1: never bounce a bounce.
                 tracing::error!(queue_id = %id, failed = failed.len(), "bounce undeliverable; dropped (a bounce is never bounced)");
@@ -458,8 +524,12 @@ impl Queue {
                 tracing::error!(queue_id = %id, error = %e, "cannot queue the bounce; will retry");
                 if let Some(e) = lock(&self.inner.entries).get_mut(id) {
                     e.finishing = false;
+                    e.retry_finish = unix_now() + RELOAD_EVERY;
                 }
                 return;
+            }
+            if let Some(e) = lock(&self.inner.entries).get_mut(id) {
+                e.bounced = true;
             }
         }
         let spool = self.inner.spool.clone();
@@ -469,8 +539,20 @@ impl Queue {
                 lock(&self.inner.entries).remove(id);
                 tracing::info!(queue_id = %id, delivered, failed = failed.len(), "message done; removed from the queue");
             }
-            // Left listed and finishing: an admin sees it; a restart retries.
-            _ => tracing::error!(queue_id = %id, "cannot remove a finished message from the spool"),
+            // Left listed and tried again later (a read-only or failing
+            // disk may come back); the bounce is not queued twice.
+            result => {
+                let error = match result {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => String::new(),
+                };
+                tracing::error!(queue_id = %id, error = %error, "cannot remove a finished message from the spool; will retry");
+                if let Some(e) = lock(&self.inner.entries).get_mut(id) {
+                    e.finishing = false;
+                    e.retry_finish = unix_now() + RELOAD_EVERY;
+                }
+            }
         }
     }
 

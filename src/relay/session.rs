@@ -37,6 +37,7 @@ use tokio_rustls::server::TlsStream;
 use super::command::{self, Command, MailParams};
 use super::server::Shared;
 use super::spool::Envelope;
+use super::spool_limits::EnvelopeBudget;
 use crate::smtp::data::DataDecoder;
 use crate::store::unix_now;
 
@@ -119,6 +120,8 @@ struct Transaction {
     sender: String,
     params: MailParams,
     rcpts: Vec<String>,
+    /// Room left in the envelope the spool can store and read back.
+    budget: EnvelopeBudget,
 }
 
 pub struct Session {
@@ -538,6 +541,7 @@ impl Session {
                 .await;
         }
         self.tx = Some(Transaction {
+            budget: EnvelopeBudget::new(&from),
             sender: from,
             params,
             rcpts: Vec::new(),
@@ -574,6 +578,13 @@ impl Session {
             return self.reply("550 5.1.2 Bad destination domain").await;
         }
         if let Some(tx) = &mut self.tx {
+            // An envelope too long to read back after a restart would
+            // strand the message: refuse the recipient that does not fit.
+            if !tx.budget.add(&to) {
+                return self
+                    .reply("452 4.5.3 Too many recipients for one message")
+                    .await;
+            }
             tx.rcpts.push(to);
         }
         self.reply("250 2.1.5 Ok").await
@@ -602,9 +613,7 @@ impl Session {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot create a spool file");
-                return self
-                    .reply("451 4.3.0 Local error: cannot queue messages now")
-                    .await;
+                return self.reply(super::spool::refusal(&e)).await;
             }
         };
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
@@ -694,9 +703,7 @@ impl Session {
         }
         if let Some(e) = io_error {
             tracing::error!(peer = %self.peer, error = %e, "cannot write to the spool");
-            return self
-                .reply("451 4.3.0 Local error: cannot queue messages now")
-                .await;
+            return self.reply(super::spool::refusal(&e)).await;
         }
         let committed = tokio::task::spawn_blocking(move || writer.commit()).await;
         match committed {
@@ -715,8 +722,7 @@ impl Session {
             }
             Ok(Err(e)) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot commit the message to the spool");
-                self.reply("451 4.3.0 Local error: cannot queue messages now")
-                    .await
+                self.reply(super::spool::refusal(&e)).await
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "spool task failed");

@@ -15,6 +15,7 @@ mod check;
 mod daemon;
 mod dane;
 mod discovery;
+mod durability;
 mod exact_mx;
 mod fetch;
 mod fleet;

@@ -14,14 +14,14 @@ use crate::harness::{eventually, policy, World};
 use crate::relay::{ip, message, relay_toml, submit};
 use crate::support::smtp::{SmtpOptions, SmtpServer};
 
-struct Setup {
-    world: World,
-    mx: SmtpServer,
-    relay: SocketAddr,
-    config: std::path::PathBuf,
+pub(crate) struct Setup {
+    pub(crate) world: World,
+    pub(crate) mx: SmtpServer,
+    pub(crate) relay: SocketAddr,
+    pub(crate) config: std::path::PathBuf,
 }
 
-async fn setup(domain: &str, last: u8, mx_opts: SmtpOptions, extra: &str) -> Setup {
+pub(crate) async fn setup(domain: &str, last: u8, mx_opts: SmtpOptions, extra: &str) -> Setup {
     let world = World::new().await;
     let mx_host = format!("mx1.{domain}");
     let (mx_port, mut servers) =
@@ -51,7 +51,7 @@ async fn setup(domain: &str, last: u8, mx_opts: SmtpOptions, extra: &str) -> Set
 
 /// Message-IDs (the `n` of `<crash-n@client.test>`) seen at the MX, with
 /// how often each arrived.
-fn arrivals(mx: &SmtpServer) -> HashMap<u64, usize> {
+pub(crate) fn arrivals(mx: &SmtpServer) -> HashMap<u64, usize> {
     let mut out = HashMap::new();
     for m in mx.messages() {
         let data = String::from_utf8_lossy(&m.data);
@@ -93,8 +93,11 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
                 let msg = message(&id, "alice@sender.test", "bob@crash.test", "x\r\n");
                 // A refused connection (the daemon is down) or a broken
                 // session is just a message that was never acknowledged.
-                let attempt =
-                    tokio::time::timeout(Duration::from_secs(10), try_submit(addr, &msg)).await;
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    try_submit(addr, "bob@crash.test", &msg),
+                )
+                .await;
                 match attempt {
                     Ok(Some(true)) => {
                         acked.lock().unwrap_or_else(|p| p.into_inner()).insert(n);
@@ -150,7 +153,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
 }
 
 /// One submission; `Some(true)` when the relay said 250 after the data.
-async fn try_submit(addr: SocketAddr, msg: &str) -> Option<bool> {
+pub(crate) async fn try_submit(addr: SocketAddr, rcpt: &str, msg: &str) -> Option<bool> {
     let tcp = TcpStream::connect(addr).await.ok()?;
     let mut c = SmtpConn::new(tcp, Duration::from_secs(5));
     if c.read_reply().await.ok()?.code != 220 {
@@ -158,7 +161,7 @@ async fn try_submit(addr: SocketAddr, msg: &str) -> Option<bool> {
     }
     c.ehlo("client.test").await.ok()?;
     c.command("MAIL FROM:<alice@sender.test>").await.ok()?;
-    c.command("RCPT TO:<bob@crash.test>").await.ok()?;
+    c.command(&format!("RCPT TO:<{rcpt}>")).await.ok()?;
     if c.command("DATA").await.ok()?.code != 354 {
         return Some(false);
     }
@@ -168,7 +171,7 @@ async fn try_submit(addr: SocketAddr, msg: &str) -> Option<bool> {
     Some(ok)
 }
 
-fn queue_json(out: &std::process::Output) -> serde_json::Value {
+pub(crate) fn queue_json(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "queue command failed: {}{}",

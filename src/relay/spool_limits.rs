@@ -1,0 +1,173 @@
+//! How much the spool stores per message, and the one number each file is
+//! both written and read back with. A limit that differed between the
+//! writer and the reader would let an acknowledged message become
+//! unloadable after a restart, so every limit here is a single constant
+//! used on both sides, and what is stored is bounded before it is written.
+
+use super::command::MAX_PATH;
+
+/// Longest envelope line, written or read back.
+pub const MAX_ENVELOPE: usize = 1024 * 1024;
+/// Longest state file, written or read back.
+pub const MAX_STATE: usize = 4 * 1024 * 1024;
+/// Longest text kept per field of a recipient's state (remote reply, our
+/// reason, MX name, status code): what a DSN's Diagnostic-Code needs, not
+/// the up to 100 lines of 1000 octets a remote server may send.
+pub const MAX_SUMMARY: usize = 300;
+
+/// Room for the envelope's fixed part: keys, id, arrival, flags, the
+/// sender (a path of at most `MAX_PATH` octets) and the client string
+/// (address plus an EHLO name from a command line of at most
+/// `MAX_COMMAND_LINE` octets), each JSON-escaped at worst.
+const ENVELOPE_FIXED: usize = 8 * 1024;
+/// One recipient in the envelope at worst: every octet escaped (`"` and
+/// `\` double; control characters never pass the RCPT parser), two quotes
+/// and a comma.
+const ENVELOPE_PER_RCPT: usize = 2 * MAX_PATH + 3;
+/// A JSON string of at most `n` octets after [`summary`]: no control
+/// characters are left, so each octet is at most two.
+const fn encoded(n: usize) -> usize {
+    2 * n + 2
+}
+/// One recipient's state at worst: status and keys, four summaries, and
+/// its domain's schedule entry (a domain of at most 255 octets, lowercased
+/// when it is not a valid name, which may grow it by half).
+const STATE_PER_RCPT: usize =
+    96 + 4 * encoded(MAX_SUMMARY) + encoded(3 * super::command::MAX_DOMAIN / 2) + 64;
+/// Keys and brackets of the state file.
+const STATE_FIXED: usize = 64;
+
+/// The most recipients one message can have and still have its envelope
+/// and its state read back whatever its addresses and replies are.
+/// `relay.max_recipients` may not exceed it.
+pub const MAX_STORABLE_RECIPIENTS: usize = {
+    let by_envelope = (MAX_ENVELOPE - ENVELOPE_FIXED) / ENVELOPE_PER_RCPT;
+    let by_state = (MAX_STATE - STATE_FIXED) / STATE_PER_RCPT;
+    if by_envelope < by_state {
+        by_envelope
+    } else {
+        by_state
+    }
+};
+
+/// `text` cut to at most [`MAX_SUMMARY`] octets at a character boundary,
+/// control characters (CR, LF, TAB, NUL…) turned into spaces so that a
+/// hostile reply can neither grow under JSON escaping nor break a log or
+/// DSN line.
+pub fn summary(text: &str) -> String {
+    const CUT: &str = " [...]";
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    if text.len() <= MAX_SUMMARY {
+        return clean(text);
+    }
+    let mut end = MAX_SUMMARY - CUT.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = clean(&text[..end]);
+    out.push_str(CUT);
+    out
+}
+
+/// What the envelope line of a transaction will need, counted while the
+/// client gives its recipients, so that RCPT can refuse with `452` the
+/// recipient that would make the envelope too long to store (the limit is
+/// [`MAX_ENVELOPE`], the same number [`Spool::create`] enforces).
+///
+/// [`Spool::create`]: super::spool::Spool::create
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeBudget {
+    used: usize,
+}
+
+impl EnvelopeBudget {
+    pub fn new(sender: &str) -> EnvelopeBudget {
+        EnvelopeBudget {
+            used: ENVELOPE_FIXED + json_len(sender),
+        }
+    }
+
+    /// Counts `rcpt` in, or says `false` (and counts nothing) when the
+    /// envelope would no longer fit.
+    pub fn add(&mut self, rcpt: &str) -> bool {
+        let next = self.used + json_len(rcpt) + 1;
+        if next > MAX_ENVELOPE {
+            return false;
+        }
+        self.used = next;
+        true
+    }
+}
+
+/// Length of `s` as a JSON string, as serde_json writes it.
+fn json_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_is_bounded_and_single_line() {
+        let long = "451-4.3.0 x\r\n".repeat(10_000);
+        let s = summary(&long);
+        assert!(s.len() <= MAX_SUMMARY, "{}", s.len());
+        assert!(!s.contains('\r') && !s.contains('\n'));
+        assert!(s.ends_with("[...]"));
+        assert_eq!(summary("250 ok"), "250 ok");
+        // A multi-byte character at the cut is not split.
+        let wide = "é".repeat(MAX_SUMMARY);
+        assert!(summary(&wide).len() <= MAX_SUMMARY);
+        let worst = serde_json::to_string(&summary(&"\"\\".repeat(1000))).unwrap();
+        assert!(worst.len() <= encoded(MAX_SUMMARY));
+    }
+
+    #[test]
+    fn json_len_matches_serde() {
+        for s in ["", "a@b.test", "\"q\\uo\"@x.test", "ü@é.test", "\u{1}\t\n"] {
+            assert_eq!(
+                json_len(s),
+                serde_json::to_string(s).unwrap().len(),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storable_recipients_cover_the_default() {
+        assert!(MAX_STORABLE_RECIPIENTS >= crate::config::RelayConfig::default().max_recipients);
+        // The number in the README's config reference.
+        assert_eq!(MAX_STORABLE_RECIPIENTS, 1258);
+    }
+
+    #[test]
+    fn budget_refuses_the_recipient_that_does_not_fit() {
+        let mut b = EnvelopeBudget::new("a@x.test");
+        let rcpt = format!("{}@{}.test", "l".repeat(64), "d".repeat(180));
+        let mut n = 0;
+        while b.add(&rcpt) {
+            n += 1;
+        }
+        let per = json_len(&rcpt) + 1;
+        assert_eq!(
+            n,
+            (MAX_ENVELOPE - ENVELOPE_FIXED - json_len("a@x.test")) / per
+        );
+        // A refused recipient is not counted: a shorter one may still fit.
+        let before = b;
+        assert!(!b.add(&rcpt));
+        assert_eq!(b, before);
+    }
+}
