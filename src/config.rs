@@ -414,6 +414,11 @@ pub struct SocketmapConfig {
     /// drops idle socketmap connections after 10 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest time from the first byte of a request to its last. Unlike the
+    /// idle timeout it is never pushed back, so a client that trickles bytes
+    /// cannot hold a connection; Postfix sends a whole request at once.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Maps by name (`socketmap:inet:127.0.0.1:8461:NAME` in Postfix).
     pub maps: BTreeMap<String, MapConfig>,
 }
@@ -429,6 +434,7 @@ impl Default for SocketmapConfig {
             unix_mode: "0666".to_string(),
             max_connections: 1024,
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
             maps,
         }
     }
@@ -557,6 +563,13 @@ impl Config {
                 "socketmap.max_connections",
                 "0",
                 "must be at least 1",
+            ));
+        }
+        if self.socketmap.request_timeout.is_zero() {
+            return Err(invalid(
+                "socketmap.request_timeout",
+                "0s",
+                "must be more than 0 (it cuts off every request)",
             ));
         }
         if self.socketmap.maps.is_empty() {

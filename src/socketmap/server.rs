@@ -197,6 +197,7 @@ pub async fn serve(
             listener,
             handler.clone(),
             slots.clone(),
+            config.socketmap.request_timeout,
             shutdown.clone(),
         ));
     }
@@ -242,6 +243,7 @@ async fn accept_loop(
     listener: Listener,
     handler: Arc<Handler>,
     slots: Arc<Semaphore>,
+    request_timeout: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -288,9 +290,9 @@ async fn accept_loop(
             let closed = match stream {
                 Stream::Tcp(s) => {
                     let _ = s.set_nodelay(true);
-                    connection::run(s, handler, &peer, sd).await
+                    connection::run(s, handler, request_timeout, &peer, sd).await
                 }
-                Stream::Unix(s) => connection::run(s, handler, &peer, sd).await,
+                Stream::Unix(s) => connection::run(s, handler, request_timeout, &peer, sd).await,
             };
             tracing::debug!(peer = %peer, reason = ?closed, "socketmap connection closed");
             drop(permit);
