@@ -31,6 +31,11 @@ impl Listeners {
 
 /// Binds every `socketmap.listen` address.
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    // The per-map series exist from the moment clients can connect, so a
+    // scrape racing the start of `serve` already sees them.
+    for map in config.socketmap.maps.keys() {
+        crate::metrics::metrics().init_map(map);
+    }
     if let Some(passed) = systemd_listeners()? {
         tracing::info!("using the sockets passed by systemd; socketmap.listen is ignored");
         return Ok(passed);
