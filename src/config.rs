@@ -380,6 +380,11 @@ pub struct CacheConfig {
     /// DNS TTL, but at least this long and at most an hour.
     #[serde(with = "humantime_serde")]
     pub mx_min_ttl: Duration,
+    /// Discoveries (TXT lookup and policy fetch) that lookups may run at
+    /// once, over all domains. Past it a lookup of an unknown domain answers
+    /// "no policy" at once and starts none, so a flood of distinct keys
+    /// cannot pile up DNS and HTTPS work.
+    pub max_discoveries: usize,
 }
 
 impl Default for CacheConfig {
@@ -395,6 +400,7 @@ impl Default for CacheConfig {
             failure_backoff_min: Duration::from_secs(60),
             failure_backoff_max: Duration::from_secs(3600),
             mx_min_ttl: Duration::from_secs(30),
+            max_discoveries: 64,
         }
     }
 }
@@ -563,6 +569,13 @@ impl Config {
                 "socketmap.max_connections",
                 "0",
                 "must be at least 1",
+            ));
+        }
+        if self.cache.max_discoveries == 0 {
+            return Err(invalid(
+                "cache.max_discoveries",
+                "0",
+                "must be at least 1 (0 would never discover a policy)",
             ));
         }
         if self.socketmap.request_timeout.is_zero() {

@@ -252,13 +252,15 @@ async fn background_discoveries_are_capped_and_never_delay_a_lookup() {
     publish_standard(&world);
     const KEYS: usize = 300;
     // Every TXT query of these names goes unanswered: each discovery takes
-    // the whole DNS timeout (1 s), so they pile up.
+    // the whole DNS timeout (3 s here), so they pile up.
     for i in 0..KEYS {
         world
             .dns
             .set_fault(&format!("_mta-sts.k{i}.flood.test"), Some(Fault::Drop));
     }
-    let server = Server::start(&world, config_listening(&world, &["127.0.0.1:0"])).await;
+    let mut config = config_listening(&world, &["127.0.0.1:0"]);
+    config.dns.timeout = Duration::from_secs(3);
+    let server = Server::start(&world, config).await;
     let addr = server.addr();
     assert_eq!(lookup(addr, "postfix", "enforce.test").await, ENFORCE_REPLY);
 
@@ -273,7 +275,7 @@ async fn background_discoveries_are_capped_and_never_delay_a_lookup() {
     }
     // Before the first dropped query times out, count the discoveries that
     // reached the DNS server.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let asked = (0..KEYS)
         .filter(|i| {
             world
@@ -282,23 +284,44 @@ async fn background_discoveries_are_capped_and_never_delay_a_lookup() {
                 > 0
         })
         .count();
-    let mut fast = 0;
+    let mut slow = 0;
+    let mut slowest = Duration::ZERO;
     while let Some(done) = tasks.join_next().await {
         let (reply, took) = done.expect("lookup task");
         assert!(reply.starts_with("NOTFOUND"), "{reply}");
-        if took < Duration::from_millis(500) {
-            fast += 1;
+        slowest = slowest.max(took);
+        // Only a lookup that ran a discovery of its own waits for the DNS
+        // timeout; the margin absorbs a loaded machine.
+        if took >= Duration::from_millis(2500) {
+            slow += 1;
         }
     }
+    let discovered = (0..KEYS)
+        .filter(|i| {
+            world
+                .dns
+                .queries(&format!("_mta-sts.k{i}.flood.test"), RecordType::TXT)
+                > 0
+        })
+        .count();
     assert!(
         asked <= 64,
         "{asked} discoveries ran at once; the default cap (cache.max_discoveries) is 64"
     );
+    // A lookup waits only for a discovery of its own (one DNS timeout), never
+    // in a queue behind others: the slow ones are those that ran one.
     assert!(
-        fast >= KEYS - 64 - 10,
-        "only {fast} of {KEYS} lookups over the cap answered at once"
+        slow <= discovered,
+        "{slow} lookups waited a DNS timeout but only {discovered} ran a discovery"
     );
-    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(
+        slowest < Duration::from_millis(5000),
+        "a lookup waited {slowest:?}"
+    );
+    assert!(
+        discovered < KEYS,
+        "every key started a discovery: nothing was skipped at the cap"
+    );
     // A domain with a policy is still served at once.
     let t = Instant::now();
     assert_eq!(lookup(addr, "postfix", "enforce.test").await, ENFORCE_REPLY);
