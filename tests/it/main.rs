@@ -28,4 +28,5 @@ mod relay;
 mod relay_crash;
 mod relay_tlsrpt;
 mod resolver;
+mod rfc_conformance;
 mod socketmap;
