@@ -401,6 +401,11 @@ pub struct CacheConfig {
     /// DNS TTL, but at least this long and at most an hour.
     #[serde(with = "humantime_serde")]
     pub mx_min_ttl: Duration,
+    /// Discoveries (TXT lookup and policy fetch) that lookups may run at
+    /// once, over all domains. Past it a lookup of an unknown domain answers
+    /// "no policy" at once and starts none, so a flood of distinct keys
+    /// cannot pile up DNS and HTTPS work.
+    pub max_discoveries: usize,
 }
 
 impl Default for CacheConfig {
@@ -416,6 +421,7 @@ impl Default for CacheConfig {
             failure_backoff_min: Duration::from_secs(60),
             failure_backoff_max: Duration::from_secs(3600),
             mx_min_ttl: Duration::from_secs(30),
+            max_discoveries: 64,
         }
     }
 }
@@ -435,6 +441,11 @@ pub struct SocketmapConfig {
     /// drops idle socketmap connections after 10 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest time from the first byte of a request to its last. Unlike the
+    /// idle timeout it is never pushed back, so a client that trickles bytes
+    /// cannot hold a connection; Postfix sends a whole request at once.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Maps by name (`socketmap:inet:127.0.0.1:8461:NAME` in Postfix).
     pub maps: BTreeMap<String, MapConfig>,
 }
@@ -450,6 +461,7 @@ impl Default for SocketmapConfig {
             unix_mode: "0666".to_string(),
             max_connections: 1024,
             idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
             maps,
         }
     }
@@ -578,6 +590,20 @@ impl Config {
                 "socketmap.max_connections",
                 "0",
                 "must be at least 1",
+            ));
+        }
+        if self.cache.max_discoveries == 0 {
+            return Err(invalid(
+                "cache.max_discoveries",
+                "0",
+                "must be at least 1 (0 would never discover a policy)",
+            ));
+        }
+        if self.socketmap.request_timeout.is_zero() {
+            return Err(invalid(
+                "socketmap.request_timeout",
+                "0s",
+                "must be more than 0 (it cuts off every request)",
             ));
         }
         if self.socketmap.maps.is_empty() {

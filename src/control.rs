@@ -22,7 +22,13 @@ use crate::resolver::{Answer, Resolver};
 use crate::store::{PolicySource, StoredPolicy};
 
 const MAX_LINE: u64 = 64 * 1024;
+/// The whole exchange, a refresh's discovery and fetch included.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// From connect to the end of the request line; never pushed back by bytes
+/// that trickle in.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests served at once; the CLI sends one at a time.
+const MAX_CONNECTIONS: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -323,6 +329,7 @@ pub async fn serve(
     queue: QueueAccess,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a {
@@ -335,6 +342,23 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = MAX_CONNECTIONS,
+                "control socket busy; request refused"
+            );
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    reply(
+                        stream,
+                        &failure("the daemon is busy with other admin requests; try again"),
+                    ),
+                )
+                .await;
+            });
+            continue;
+        };
         let resolver = resolver.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
@@ -343,22 +367,52 @@ pub async fn serve(
             {
                 tracing::warn!(error = %e, "control request timed out");
             }
+            drop(permit);
         });
     }
 }
 
-async fn serve_one(stream: UnixStream, resolver: &Resolver, queue: &QueueAccess) {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
+/// Reads one request line of at most [`MAX_LINE`] bytes within
+/// [`READ_TIMEOUT`] of the connection.
+async fn read_request<R: tokio::io::AsyncRead + Unpin>(read: R) -> Result<Request, String> {
+    let mut line = Vec::new();
     let mut reader = BufReader::new(read.take(MAX_LINE));
-    let response = match reader.read_line(&mut line).await {
-        Ok(_) => match serde_json::from_str::<Request>(line.trim_end()) {
-            Ok(req) => handle(resolver, queue, req).await,
-            Err(e) => failure(format!("bad control request: {e}")),
-        },
-        Err(e) => failure(format!("cannot read control request: {e}")),
+    match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => {
+            return Err(format!(
+                "no complete request line within {} s",
+                READ_TIMEOUT.as_secs()
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("cannot read control request: {e}")),
+        Ok(Ok(_)) => {}
+    }
+    if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_LINE {
+        return Err(format!(
+            "control request longer than {} KiB",
+            MAX_LINE / 1024
+        ));
+    }
+    let text =
+        std::str::from_utf8(&line).map_err(|_| "control request is not UTF-8".to_string())?;
+    serde_json::from_str::<Request>(text.trim_end())
+        .map_err(|e| format!("bad control request: {e}"))
+}
+
+async fn serve_one(stream: UnixStream, resolver: &Resolver, queue: &QueueAccess) {
+    let (read, write) = stream.into_split();
+    let response = match read_request(read).await {
+        Ok(req) => handle(resolver, queue, req).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "control request refused");
+            failure(e)
+        }
     };
-    if let Ok(mut text) = serde_json::to_string(&response) {
+    reply(write, &response).await;
+}
+
+async fn reply<W: tokio::io::AsyncWrite + Unpin>(mut write: W, response: &Response) {
+    if let Ok(mut text) = serde_json::to_string(response) {
         text.push('\n');
         let _ = write.write_all(text.as_bytes()).await;
     }

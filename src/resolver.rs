@@ -155,6 +155,10 @@ struct Inner {
     /// DANE status, which takes precedence over MTA-STS (RFC 8461 §2);
     /// carried here so every face shares one cache.
     dane: crate::dane::Dane,
+    /// Global cap on running discoveries (`cache.max_discoveries`).
+    discoveries: Arc<Semaphore>,
+    /// Unix second of the last "cap reached" warning, to log once per burst.
+    discoveries_warned: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -195,6 +199,7 @@ impl Resolver {
             .time_to_live(ttl)
             .build();
         let dane = crate::dane::Dane::new(dns.clone(), cfg.mx_min_ttl);
+        let cfg_max_discoveries = cfg.max_discoveries.max(1);
         Resolver {
             inner: Arc::new(Inner {
                 dane,
@@ -211,6 +216,8 @@ impl Resolver {
                     .time_to_live(Duration::from_secs(2 * 3600))
                     .build(),
                 mx_refreshing: Mutex::new(Default::default()),
+                discoveries: Arc::new(Semaphore::new(cfg_max_discoveries)),
+                discoveries_warned: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -304,7 +311,7 @@ impl Resolver {
             Err(e) => return Ok(Answer::NoPolicy(NoPolicy::NotADomain(e.to_string()))),
         };
         self.inner.state.invalidate(&domain).await;
-        let mut rx = self.inner.start_refresh(&domain);
+        let mut rx = self.inner.start_refresh_queued(&domain);
         let _ = rx.wait_for(|done| *done).await;
         self.inner.answer_after_refresh(&domain).await
     }
@@ -414,7 +421,7 @@ impl Resolver {
                 let Ok(_permit) = limit.acquire().await else {
                     return;
                 };
-                let mut rx = inner.start_refresh(&p.domain);
+                let mut rx = inner.start_refresh_queued(&p.domain);
                 let _ = rx.wait_for(|done| *done).await;
             });
         }
@@ -552,12 +559,33 @@ impl Inner {
     }
 
     /// Joins the running discovery+fetch of `domain` or starts one. The
-    /// receiver turns `true` when it has finished.
+    /// receiver turns `true` when it has finished. At the global cap none is
+    /// started and the receiver is already `true`: the caller answers with
+    /// what it knows, at once, and a later lookup tries again.
     fn start_refresh(self: &Arc<Self>, domain: &str) -> watch::Receiver<bool> {
+        self.launch_refresh(domain, false)
+    }
+
+    /// Like [`Inner::start_refresh`], but at the cap the refresh waits for a
+    /// free place instead of being skipped (admin refresh, sweep).
+    fn start_refresh_queued(self: &Arc<Self>, domain: &str) -> watch::Receiver<bool> {
+        self.launch_refresh(domain, true)
+    }
+
+    fn launch_refresh(self: &Arc<Self>, domain: &str, queued: bool) -> watch::Receiver<bool> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = map.get(domain) {
             return rx.clone();
         }
+        let permit = match self.discoveries.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if queued => None,
+            Err(_) => {
+                drop(map);
+                self.discovery_skipped(domain);
+                return watch::channel(true).1;
+            }
+        };
         let (tx, rx) = watch::channel(false);
         map.insert(domain.to_string(), rx.clone());
         drop(map);
@@ -567,10 +595,32 @@ impl Inner {
             tx,
         };
         tokio::spawn(async move {
+            let _permit = match permit {
+                Some(p) => p,
+                None => match guard.inner.discoveries.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             guard.inner.refresh(&guard.domain).await;
             drop(guard);
         });
         rx
+    }
+
+    fn discovery_skipped(&self, domain: &str) {
+        use std::sync::atomic::Ordering;
+        crate::metrics::metrics().discovery("skipped");
+        let now = unix_now();
+        let last = self.discoveries_warned.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .discoveries_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(domain, limit = self.cfg.max_discoveries, "too many discoveries running; this lookup answers without one (raise cache.max_discoveries?)");
+        }
     }
 
     /// Discovery, and a fetch when the id is new or the policy is due for

@@ -17,7 +17,7 @@ use super::suggest;
 use crate::dns::{Answer, Dns, MxRecord};
 use crate::fetch::{FetchError, FetchReport, Fetcher};
 use crate::policy::tlsrpt::{discover_tlsrpt, is_tlsrpt_record, TlsRptDiscovery};
-use crate::policy::txt::is_sts_record;
+use crate::policy::txt::{is_sts_record, repaired, TxtError};
 use crate::policy::{
     discover, normalize_domain, parse_policy, Discovery, Mode, MxPattern, ParsedPolicy, Policy,
     MAX_AGE_LIMIT, MAX_POLICY_BYTES,
@@ -349,6 +349,28 @@ async fn txt_section(f: &mut Findings, tools: &Tools, domain: &str) -> Result<Tx
                 format!(
                     "{n} STSv1 records at {name}: senders treat this as no policy at all \
                      (RFC 8461 §3.1) — keep exactly one"
+                ),
+            );
+            TxtState::Broken
+        }
+        Discovery::Invalid(e @ (TxtError::TrailingWhitespace | TxtError::EmptyField)) => {
+            let text = records
+                .iter()
+                .filter_map(|r| std::str::from_utf8(r).ok())
+                .find(|t| is_sts_record(t))
+                .unwrap_or_default();
+            let fix = match repaired(text) {
+                Some(fixed) => format!("publish it as \"{fixed}\""),
+                None => "write it as \"v=STSv1; id=<1 to 32 letters or digits>\"".to_string(),
+            };
+            f.push(
+                S,
+                Severity::Error,
+                "txt-grammar",
+                format!(
+                    "the STSv1 record \"{text}\" at {name} is outside the RFC 8461 §3.1 grammar: \
+                     {e}; senders that follow the RFC (this agent among them) ignore it and see no \
+                     MTA-STS policy, while lenient ones accept it — {fix}"
                 ),
             );
             TxtState::Broken
@@ -1003,7 +1025,23 @@ fn document_findings(f: &mut Findings, parsed: &ParsedPolicy) {
             ),
         );
     }
+    for d in &parsed.ignored_duplicates {
+        f.push(
+            S,
+            Severity::Warning,
+            "policy-duplicate-field",
+            format!(
+                "line {}: '{}' appears again (first on line {}); senders use the first value and \
+                 ignore this line (RFC 8461 §3.2), and stricter or older ones may reject the whole \
+                 policy — delete line {} (its value '{}' has no effect)",
+                d.line, d.key, d.first_line, d.line, d.value
+            ),
+        );
+    }
     for (line, note) in &parsed.notes {
+        if parsed.ignored_duplicates.iter().any(|d| d.line == *line) {
+            continue;
+        }
         let (code, sev) = if note.contains("capped") {
             ("policy-max-age-capped", Severity::Info)
         } else {
@@ -1688,6 +1726,20 @@ async fn tlsrpt_section(f: &mut Findings, tools: &Tools, domain: &str) -> (Vec<S
                     format!(
                         "rua URI '{uri}' at {name} is unusable: {why}{tail}; write it as \
                          mailto:user@{domain} or https://host/path"
+                    ),
+                );
+            }
+            if record.rua_fields > 1 {
+                f.push(
+                    S,
+                    Severity::Warning,
+                    "tlsrpt-rua-fields",
+                    format!(
+                        "{} rua= fields at {name}: RFC 8460 §3 allows this and reporters that \
+                         follow it send to every URI, but some read only one field or drop the \
+                         record — list every URI in one field: rua={}",
+                        record.rua_fields,
+                        rua.join(",")
                     ),
                 );
             }

@@ -4,8 +4,11 @@
 //! - Keys and values are case-sensitive, as the ABNF's `%s"…"` strings are.
 //! - `max_age` above 31557600 is capped to 31557600 rather than rejected: the
 //!   owner asked for protection, and a year is the most the RFC allows.
-//! - A repeated `version`, `mode` or `max_age` makes the policy invalid: there
-//!   is no safe way to pick one of two modes. Repeated `mx` is the normal case.
+//!
+//! Decided by the RFC: §3.2 "If any non-repeated field--i.e., all fields
+//! excepting "mx"--is duplicated, all entries except for the first SHALL be
+//! ignored." A repeated `version`, `mode` or `max_age` line is skipped, value
+//! and all, and listed in [`ParsedPolicy::ignored_duplicates`].
 //! - Blank lines are skipped; unknown keys are ignored (§3.2) and reported.
 
 use std::fmt;
@@ -59,8 +62,20 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedPolicy {
     pub policy: Policy,
-    /// `(line, remark)`: unknown keys, a capped max_age.
+    /// `(line, remark)`: unknown keys, a capped max_age, ignored duplicates.
     pub notes: Vec<(usize, String)>,
+    /// Repeats of a single-valued field, ignored by RFC 8461 §3.2.
+    pub ignored_duplicates: Vec<IgnoredDuplicate>,
+}
+
+/// A `version`, `mode` or `max_age` line after the first one of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredDuplicate {
+    pub key: &'static str,
+    pub line: usize,
+    pub first_line: usize,
+    /// The ignored value, as written.
+    pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +85,6 @@ pub enum PolicyErrorKind {
     NoColon,
     BadKey(String),
     MissingField(&'static str),
-    Duplicate {
-        key: &'static str,
-        first_line: usize,
-    },
     BadVersion(String),
     BadMode(String),
     BadMaxAge(String),
@@ -102,10 +113,6 @@ impl fmt::Display for PolicyError {
             PolicyErrorKind::NoColon => write!(f, "expected 'key: value'"),
             PolicyErrorKind::BadKey(k) => write!(f, "'{k}' is not a valid key name"),
             PolicyErrorKind::MissingField(k) => write!(f, "required field '{k}' is missing"),
-            PolicyErrorKind::Duplicate { key, first_line } => write!(
-                f,
-                "'{key}' appears again (first on line {first_line}); a policy may have only one"
-            ),
             PolicyErrorKind::BadVersion(v) => {
                 write!(f, "version is '{v}', the only version is 'STSv1'")
             }
@@ -159,6 +166,7 @@ pub fn parse_policy(body: &[u8]) -> Result<ParsedPolicy, PolicyError> {
     // and a linear search per line would make parsing quadratic.
     let mut seen_mx: std::collections::HashSet<MxPattern> = std::collections::HashSet::new();
     let mut notes = Vec::new();
+    let mut ignored_duplicates = Vec::new();
 
     for (idx, raw) in text.split('\n').enumerate() {
         let line_no = idx + 1;
@@ -173,20 +181,40 @@ pub fn parse_policy(body: &[u8]) -> Result<ParsedPolicy, PolicyError> {
             return Err(err(line_no, PolicyErrorKind::BadKey(key.to_string())));
         }
         let value = value.trim_matches([' ', '\t']);
-        let once = |seen: Option<usize>, key: &'static str| match seen {
-            Some(first_line) => Err(err(line_no, PolicyErrorKind::Duplicate { key, first_line })),
-            None => Ok(()),
+        // §3.2: of a repeated single-valued field only the first counts; the
+        // others are ignored before their value is even looked at.
+        let first_line = match key {
+            "version" => version,
+            "mode" => mode.map(|m| m.0),
+            "max_age" => max_age.map(|m| m.0),
+            _ => None,
         };
+        if let (Some(first_line), Some(key)) = (
+            first_line,
+            ["version", "mode", "max_age"]
+                .into_iter()
+                .find(|k| *k == key),
+        ) {
+            notes.push((
+                line_no,
+                format!("'{key}' repeated (first on line {first_line}); this line is ignored (RFC 8461 §3.2)"),
+            ));
+            ignored_duplicates.push(IgnoredDuplicate {
+                key,
+                line: line_no,
+                first_line,
+                value: value.to_string(),
+            });
+            continue;
+        }
         match key {
             "version" => {
-                once(version, "version")?;
                 if value != "STSv1" {
                     return Err(err(line_no, PolicyErrorKind::BadVersion(value.into())));
                 }
                 version = Some(line_no);
             }
             "mode" => {
-                once(mode.map(|m| m.0), "mode")?;
                 let m = match value {
                     "enforce" => Mode::Enforce,
                     "testing" => Mode::Testing,
@@ -196,7 +224,6 @@ pub fn parse_policy(body: &[u8]) -> Result<ParsedPolicy, PolicyError> {
                 mode = Some((line_no, m));
             }
             "max_age" => {
-                once(max_age.map(|m| m.0), "max_age")?;
                 if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(err(line_no, PolicyErrorKind::BadMaxAge(value.into())));
                 }
@@ -248,6 +275,7 @@ pub fn parse_policy(body: &[u8]) -> Result<ParsedPolicy, PolicyError> {
     Ok(ParsedPolicy {
         policy: Policy { mode, max_age, mx },
         notes,
+        ignored_duplicates,
     })
 }
 
@@ -348,29 +376,43 @@ mod tests {
         assert!(e.to_string().starts_with("line 2: "), "{e}");
     }
 
+    /// RFC 8461 §3.2: "If any non-repeated field--i.e., all fields excepting
+    /// "mx"--is duplicated, all entries except for the first SHALL be
+    /// ignored." (This test used to assert a rejection: that was wrong.)
     #[test]
-    fn duplicates_of_single_keys_are_rejected() {
-        let e = bad("version: STSv1\nmode: enforce\nmode: testing\nmx: a.test\nmax_age: 1\n");
+    fn duplicates_of_single_keys_keep_the_first_value() {
+        let parsed = ok("version: STSv1\nmode: enforce\nmode: testing\nmx: a.test\nmax_age: 1\n");
+        assert_eq!(parsed.policy.mode, Mode::Enforce);
+        assert_eq!(
+            parsed.ignored_duplicates,
+            vec![IgnoredDuplicate {
+                key: "mode",
+                line: 3,
+                first_line: 2,
+                value: "testing".into()
+            }]
+        );
+        let parsed = ok("version: STSv1\nmode: enforce\nmode: enforce\nmx: a.test\nmax_age: 1\n");
+        assert_eq!(parsed.policy.mode, Mode::Enforce);
+        let parsed = ok("version: STSv1\nmode: none\nmax_age: 1\nmax_age: 2\n");
+        assert_eq!(parsed.policy.max_age, 1);
+        assert_eq!(parsed.ignored_duplicates[0].key, "max_age");
+        let parsed = ok("version: STSv1\nversion: STSv1\nmode: none\nmax_age: 1\n");
+        assert_eq!(parsed.ignored_duplicates[0].key, "version");
+        // An ignored entry is ignored whole: its value is never judged.
+        let parsed = ok("version: STSv1\nversion: STSv9\nmode: enforce\nmode: bogus\nmx: a.test\nmax_age: 86400\nmax_age: soon\n");
+        assert_eq!(
+            (parsed.policy.mode, parsed.policy.max_age),
+            (Mode::Enforce, 86400)
+        );
+        assert_eq!(parsed.ignored_duplicates.len(), 3);
+        assert_eq!(parsed.notes.len(), 3);
+        // The first value still has to be valid.
+        let e = bad("version: STSv1\nmode: bogus\nmode: enforce\nmx: a.test\nmax_age: 1\n");
         assert_eq!(
             (e.line, e.kind),
-            (
-                Some(3),
-                PolicyErrorKind::Duplicate {
-                    key: "mode",
-                    first_line: 2
-                }
-            )
+            (Some(2), PolicyErrorKind::BadMode("bogus".into()))
         );
-        let e = bad("version: STSv1\nmode: none\nmax_age: 1\nmax_age: 2\n");
-        assert!(matches!(
-            e.kind,
-            PolicyErrorKind::Duplicate { key: "max_age", .. }
-        ));
-        let e = bad("version: STSv1\nversion: STSv1\nmode: none\nmax_age: 1\n");
-        assert!(matches!(
-            e.kind,
-            PolicyErrorKind::Duplicate { key: "version", .. }
-        ));
     }
 
     #[test]

@@ -18,7 +18,13 @@
 //!   decide (the check reports it as an error).
 //! - Only `mailto:` and `https:` are defined by RFC 8460 §3; other schemes
 //!   are listed as invalid.
-//! - A second `rua=` field is an error, as a second `id=` is in STSv1.
+//!
+//! Decided by the RFC: the grammar's `1*(field-delim tlsrpt-field)` admits
+//! several `rua=` fields, and §3 says "Parsers MUST accept TXT records which
+//! are syntactically valid". Each `rua` names where the domain wants its
+//! reports ("the Policy Domain can specify a comma-separated list of URIs"),
+//! so the URIs of all `rua` fields form one list, in record order, without
+//! repeats: a reporter sends to every one, as for a single field.
 
 use std::fmt;
 
@@ -95,6 +101,8 @@ pub struct TlsRptRecord {
     pub invalid_rua: Vec<(String, RuaError)>,
     /// Extension fields (`name=value`), ignored by senders.
     pub extensions: Vec<(String, String)>,
+    /// How many `rua=` fields the record has (their URIs are merged).
+    pub rua_fields: usize,
 }
 
 /// Why a record starting with `v=TLSRPTv1` is not a valid TLS-RPT record.
@@ -104,7 +112,6 @@ pub enum TlsRptError {
     MissingRua,
     /// `rua=` with nothing after it.
     EmptyRua,
-    DuplicateRua,
     /// A field that is neither `rua=…` nor a `name=value` extension.
     BadField(String),
 }
@@ -114,10 +121,6 @@ impl fmt::Display for TlsRptError {
         match self {
             TlsRptError::MissingRua => write!(f, "no rua= field (RFC 8460 §3 requires one)"),
             TlsRptError::EmptyRua => write!(f, "rua= lists no URI"),
-            TlsRptError::DuplicateRua => write!(
-                f,
-                "two rua= fields; list every URI in one field, separated by commas"
-            ),
             TlsRptError::BadField(field) => write!(
                 f,
                 "field '{field}' is neither rua=… nor a name=value extension (RFC 8460 §3)"
@@ -264,8 +267,8 @@ pub fn parse_tlsrpt_record(txt: &str) -> Result<TlsRptRecord, TlsRptError> {
     let rest = txt
         .strip_prefix("v=TLSRPTv1")
         .ok_or(TlsRptError::MissingRua)?;
-    let mut rua_seen = false;
-    let mut rua = Vec::new();
+    let mut rua_fields = 0;
+    let mut rua: Vec<RuaUri> = Vec::new();
     let mut invalid_rua = Vec::new();
     let mut extensions = Vec::new();
     for field in rest.split(';') {
@@ -277,10 +280,7 @@ pub fn parse_tlsrpt_record(txt: &str) -> Result<TlsRptRecord, TlsRptError> {
             return Err(TlsRptError::BadField(field.to_string()));
         };
         if name == "rua" {
-            if rua_seen {
-                return Err(TlsRptError::DuplicateRua);
-            }
-            rua_seen = true;
+            rua_fields += 1;
             let uris: Vec<&str> = value
                 .split(',')
                 .map(|u| u.trim_matches([' ', '\t']))
@@ -291,6 +291,7 @@ pub fn parse_tlsrpt_record(txt: &str) -> Result<TlsRptRecord, TlsRptError> {
             }
             for uri in uris {
                 match parse_rua_uri(uri) {
+                    Ok(u) if rua.contains(&u) => {}
                     Ok(u) => rua.push(u),
                     Err(e) => invalid_rua.push((uri.to_string(), e)),
                 }
@@ -301,13 +302,14 @@ pub fn parse_tlsrpt_record(txt: &str) -> Result<TlsRptRecord, TlsRptError> {
             return Err(TlsRptError::BadField(field.to_string()));
         }
     }
-    if !rua_seen {
+    if rua_fields == 0 {
         return Err(TlsRptError::MissingRua);
     }
     Ok(TlsRptRecord {
         rua,
         invalid_rua,
         extensions,
+        rua_fields,
     })
 }
 
@@ -364,6 +366,30 @@ mod tests {
         assert_eq!(r.extensions, vec![("ext-1".into(), "y".into())]);
     }
 
+    /// RFC 8460 §3: `tlsrpt-record = tlsrpt-version 1*(field-delim
+    /// tlsrpt-field) [field-delim]` admits two `rua` fields, and "Parsers
+    /// MUST accept TXT records which are syntactically valid". (This was
+    /// rejected as DuplicateRua before: a correction, not a tolerance.)
+    #[test]
+    fn several_rua_fields_are_one_list() {
+        let r = parse_tlsrpt_record(
+            "v=TLSRPTv1; rua=mailto:a@b.test; rua=https://r.b.test/x,mailto:a@b.test",
+        )
+        .expect("two rua fields are valid");
+        assert_eq!(
+            r.rua.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+            vec!["mailto:a@b.test", "https://r.b.test/x"]
+        );
+        assert_eq!(r.rua_fields, 2);
+        let r = parse_tlsrpt_record("v=TLSRPTv1; rua=mailto:a@b.test").unwrap();
+        assert_eq!(r.rua_fields, 1);
+        // An empty second rua is still an error, as an empty first one is.
+        assert_eq!(
+            parse_tlsrpt_record("v=TLSRPTv1; rua=mailto:a@b.test; rua="),
+            Err(TlsRptError::EmptyRua)
+        );
+    }
+
     #[test]
     fn structural_errors() {
         assert_eq!(
@@ -373,10 +399,6 @@ mod tests {
         assert_eq!(
             parse_tlsrpt_record("v=TLSRPTv1; rua="),
             Err(TlsRptError::EmptyRua)
-        );
-        assert_eq!(
-            parse_tlsrpt_record("v=TLSRPTv1; rua=mailto:a@b.test; rua=mailto:c@d.test"),
-            Err(TlsRptError::DuplicateRua)
         );
         assert_eq!(
             parse_tlsrpt_record("v=TLSRPTv1; rua=mailto:a@b.test; junk"),

@@ -1,4 +1,19 @@
-//! The `_mta-sts.<domain>` TXT record (RFC 8461 §3.1).
+//! The `_mta-sts.<domain>` TXT record (RFC 8461 §3.1), parsed exactly by its
+//! ABNF:
+//!
+//! ```text
+//! sts-text-record = sts-version 1*(sts-field-delim sts-field) [sts-field-delim]
+//! sts-field       = sts-id / sts-extension
+//! sts-field-delim = *WSP ";" *WSP
+//! sts-version     = %s"v=STSv1"
+//! sts-id          = %s"id=" 1*32(ALPHA / DIGIT)
+//! sts-extension   = sts-ext-name "=" sts-ext-value
+//! ```
+//!
+//! Whitespace may only surround a `;`, and at most one `;` may end the
+//! record: `v=STSv1; id=x ` (space without `;`) and `v=STSv1; id=x;;` are not
+//! records of this grammar, so, as for any record that is not one, "senders
+//! MUST assume the recipient domain does not implement MTA-STS" (§3.1).
 
 use std::fmt;
 
@@ -22,6 +37,10 @@ pub enum TxtError {
     },
     /// A field that is neither `id=…` nor a well-formed `name=value` extension.
     BadField(String),
+    /// Whitespace after the last field without a `;` (`v=STSv1; id=x `).
+    TrailingWhitespace,
+    /// Two `;` with no field between them (`v=STSv1; id=x;;`).
+    EmptyField,
     /// The record's bytes are not UTF-8.
     NotText,
 }
@@ -42,6 +61,16 @@ impl fmt::Display for TxtError {
                 "field '{field}' is not id=… nor a name=value extension (RFC 8461 §3.1)"
             ),
             TxtError::NotText => write!(f, "record is not valid UTF-8 text"),
+            TxtError::TrailingWhitespace => write!(
+                f,
+                "whitespace after the last field without a ';' (the RFC 8461 §3.1 grammar allows \
+                 spaces only around ';')"
+            ),
+            TxtError::EmptyField => write!(
+                f,
+                "an empty field (';;'): the RFC 8461 §3.1 grammar allows one ';' between fields \
+                 and at most one at the end"
+            ),
         }
     }
 }
@@ -87,13 +116,7 @@ pub fn parse_record(txt: &str) -> Result<StsRecord, TxtError> {
     let rest = txt.strip_prefix("v=STSv1").ok_or(TxtError::MissingId)?;
     let mut id: Option<String> = None;
     let mut extensions = Vec::new();
-    for field in rest.split(';') {
-        let field = field.trim_matches([' ', '\t']);
-        // Empty fields come from a trailing ';' (allowed) or ';;' (tolerated:
-        // rejecting the record would drop the domain's protection for a typo).
-        if field.is_empty() {
-            continue;
-        }
+    for field in fields(rest)? {
         let Some((name, value)) = field.split_once('=') else {
             return Err(TxtError::BadField(field.to_string()));
         };
@@ -121,6 +144,51 @@ pub fn parse_record(txt: &str) -> Result<StsRecord, TxtError> {
         Some(id) => Ok(StsRecord { id, extensions }),
         None => Err(TxtError::MissingId),
     }
+}
+
+fn is_wsp(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// Splits what follows the version into fields by
+/// `1*(delim field) [delim]`, `delim = *WSP ";" *WSP`. A field runs up to
+/// the next WSP or `;` (no field value may hold either).
+fn fields(mut rest: &str) -> Result<Vec<&str>, TxtError> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let before = rest.trim_start_matches(is_wsp);
+        let Some(after) = before.strip_prefix(';') else {
+            return Err(match before.split(is_wsp).next() {
+                Some(word) if !word.is_empty() => TxtError::BadField(word.to_string()),
+                _ => TxtError::TrailingWhitespace,
+            });
+        };
+        let after = after.trim_start_matches(is_wsp);
+        if after.is_empty() {
+            // The one optional delimiter at the end.
+            break;
+        }
+        if after.starts_with(';') {
+            return Err(TxtError::EmptyField);
+        }
+        let end = after.find(|c| is_wsp(c) || c == ';').unwrap_or(after.len());
+        out.push(&after[..end]);
+        rest = &after[end..];
+    }
+    Ok(out)
+}
+
+/// The record rewritten in the grammar's form, when only its separators are
+/// wrong (stray whitespace, empty fields): the fix a diagnosis can show.
+pub fn repaired(txt: &str) -> Option<String> {
+    let rest = txt.strip_prefix("v=STSv1")?;
+    let parts: Vec<&str> = rest
+        .split(';')
+        .map(|f| f.trim_matches(is_wsp))
+        .filter(|f| !f.is_empty())
+        .collect();
+    let fixed = format!("v=STSv1; {}", parts.join("; "));
+    parse_record(&fixed).ok().map(|_| fixed)
 }
 
 /// `sts-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`,
@@ -211,6 +279,66 @@ mod tests {
     fn whitespace_around_separators_and_trailing_separator() {
         assert_eq!(parse_record("v=STSv1 ;\tid=abc ; ").unwrap().id, "abc");
         assert_eq!(parse_record("v=STSv1;id=abc;").unwrap().id, "abc");
+    }
+
+    /// RFC 8461 §3.1: `sts-text-record = sts-version 1*(sts-field-delim
+    /// sts-field) [sts-field-delim]` with `sts-field-delim = *WSP ";" *WSP`:
+    /// whitespace only around a `;`, at most one `;` at the end. A record
+    /// outside the grammar means "senders MUST assume the recipient domain
+    /// does not implement MTA-STS". (Both were accepted before: that was a
+    /// tolerance the RFC does not allow.)
+    #[test]
+    fn records_outside_the_abnf_are_refused() {
+        assert_eq!(
+            parse_record("v=STSv1; id=x "),
+            Err(TxtError::TrailingWhitespace)
+        );
+        assert_eq!(
+            parse_record("v=STSv1; id=x\t"),
+            Err(TxtError::TrailingWhitespace)
+        );
+        assert_eq!(parse_record("v=STSv1; id=x;;"), Err(TxtError::EmptyField));
+        assert_eq!(parse_record("v=STSv1;; id=x"), Err(TxtError::EmptyField));
+        assert_eq!(
+            parse_record("v=STSv1; id=x; ; e=1"),
+            Err(TxtError::EmptyField)
+        );
+        assert_eq!(
+            parse_record("v=STSv1 id=x"),
+            Err(TxtError::BadField("id=x".into()))
+        );
+        assert_eq!(
+            parse_record("v=STSv1; id=a b"),
+            Err(TxtError::BadField("b".into()))
+        );
+        assert_eq!(
+            discover(["v=STSv1; id=x "]),
+            Discovery::Invalid(TxtError::TrailingWhitespace)
+        );
+        // What the grammar does allow.
+        for ok in [
+            "v=STSv1;id=x",
+            "v=STSv1; id=x;",
+            "v=STSv1; id=x; ",
+            "v=STSv1 ; id=x ;\t",
+            "v=STSv1;\tid=x;e=1",
+        ] {
+            assert_eq!(
+                parse_record(ok).map(|r| r.id),
+                Ok("x".to_string()),
+                "{ok:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn separator_mistakes_have_a_repair() {
+        assert_eq!(repaired("v=STSv1; id=x "), Some("v=STSv1; id=x".into()));
+        assert_eq!(
+            repaired("v=STSv1;; id=x;; e=1;;"),
+            Some("v=STSv1; id=x; e=1".into())
+        );
+        assert_eq!(repaired("v=STSv1; id=x-y"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::config::MapConfig;
 use crate::resolver::Resolver;
 
-use super::netstring::{decode, encode};
+use super::netstring::{encode, Decoder};
 use super::reply::{render_dane, render_with_mx};
 use super::MAX_REQUEST;
 use crate::config::DaneReply;
@@ -102,33 +102,48 @@ impl Handler {
 pub enum Closed {
     Eof,
     Idle,
+    /// A request was still incomplete at its deadline.
+    RequestTimeout,
     Shutdown,
     Malformed(String),
     Io(std::io::Error),
 }
 
 /// Serves one connection until EOF, idle timeout, a protocol error or shutdown.
+///
+/// Two clocks: the idle timer runs between requests and restarts with every
+/// read; the request deadline starts with the first byte of a request and is
+/// never pushed back, so a client trickling one byte at a time is cut off
+/// `request_timeout` after it began, however often it sends.
 pub async fn run<S>(
     mut stream: S,
     handler: Arc<Handler>,
+    request_timeout: Duration,
     peer: &str,
     mut shutdown: watch::Receiver<bool>,
 ) -> Closed
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut decoder = Decoder::new(MAX_REQUEST);
+    // At most one partial frame plus one read is ever held.
+    let read_chunk = 4096.min(decoder.frame_limit());
     let mut buf = BytesMut::with_capacity(1024);
     // One timer per connection, pushed back after each read: cheaper than a
     // new timer around every read and write on the lookup hot path.
     let idle = tokio::time::sleep(handler.idle_timeout);
     tokio::pin!(idle);
+    let request_deadline = tokio::time::sleep(request_timeout);
+    tokio::pin!(request_deadline);
+    let mut in_request = false;
     loop {
         // Answer every complete request already buffered (pipelining).
         loop {
-            match decode(&buf, MAX_REQUEST) {
+            match decoder.decode(&buf) {
                 Ok(Some((range, used))) => {
                     let reply = handler.answer(&buf[range], peer).await;
                     buf.advance(used);
+                    in_request = false;
                     let frame = encode(reply.as_bytes());
                     tokio::select! {
                         written = stream.write_all(&frame) => {
@@ -149,9 +164,15 @@ where
         if *shutdown.borrow() {
             return Closed::Shutdown;
         }
-        // Never buffer more than one maximal request plus its framing.
+        if !buf.is_empty() && !in_request {
+            // Bytes of the next request are here: its clock starts now.
+            in_request = true;
+            request_deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + request_timeout);
+        }
         if buf.capacity() - buf.len() < 512 {
-            buf.reserve(4096.min(MAX_REQUEST + 16));
+            buf.reserve(read_chunk);
         }
         tokio::select! {
             read = stream.read_buf(&mut buf) => {
@@ -167,6 +188,10 @@ where
                         .reset(tokio::time::Instant::now() + handler.idle_timeout),
                     Err(e) => return Closed::Io(e),
                 }
+            }
+            _ = &mut request_deadline, if in_request => {
+                tracing::warn!(peer, bytes = buf.len(), timeout = ?request_timeout, "socketmap request not complete within socketmap.request_timeout; closing the connection");
+                return Closed::RequestTimeout;
             }
             _ = &mut idle => return Closed::Idle,
             _ = shutdown.changed() => return Closed::Shutdown,

@@ -31,6 +31,11 @@ impl Listeners {
 
 /// Binds every `socketmap.listen` address.
 pub async fn bind(config: &Config) -> Result<Listeners, String> {
+    // The per-map series exist from the moment clients can connect, so a
+    // scrape racing the start of `serve` already sees them.
+    for map in config.socketmap.maps.keys() {
+        crate::metrics::metrics().init_map(map);
+    }
     if let Some(passed) = systemd_listeners()? {
         tracing::info!("using the sockets passed by systemd; socketmap.listen is ignored");
         return Ok(passed);
@@ -197,6 +202,7 @@ pub async fn serve(
             listener,
             handler.clone(),
             slots.clone(),
+            config.socketmap.request_timeout,
             shutdown.clone(),
         ));
     }
@@ -242,6 +248,7 @@ async fn accept_loop(
     listener: Listener,
     handler: Arc<Handler>,
     slots: Arc<Semaphore>,
+    request_timeout: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -288,9 +295,9 @@ async fn accept_loop(
             let closed = match stream {
                 Stream::Tcp(s) => {
                     let _ = s.set_nodelay(true);
-                    connection::run(s, handler, &peer, sd).await
+                    connection::run(s, handler, request_timeout, &peer, sd).await
                 }
-                Stream::Unix(s) => connection::run(s, handler, &peer, sd).await,
+                Stream::Unix(s) => connection::run(s, handler, request_timeout, &peer, sd).await,
             };
             tracing::debug!(peer = %peer, reason = ?closed, "socketmap connection closed");
             drop(permit);

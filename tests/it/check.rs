@@ -560,6 +560,34 @@ async fn bad_id() {
     );
 }
 
+/// RFC 8461 §3.1's grammar has no whitespace without a ';' and no empty
+/// field: strict senders (this agent too) see no policy; the owner is told
+/// and shown the record rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txt_record_outside_the_grammar() {
+    let d = Deployment::good("grammar.test").await;
+    for (record, fixed) in [
+        ("v=STSv1; id=20240101 ", "v=STSv1; id=20240101"),
+        ("v=STSv1; id=20240101;;", "v=STSv1; id=20240101"),
+    ] {
+        d.w.dns.set_txt("_mta-sts.grammar.test", &[&[record]]);
+        let r = d.check(&[]).await;
+        r.expect_exit(2);
+        r.expect(
+            "txt-grammar",
+            None,
+            "error",
+            &[
+                record,
+                "RFC 8461 §3.1",
+                "see no MTA-STS policy",
+                &format!("publish it as \"{fixed}\""),
+            ],
+        );
+        r.lacks("txt-valid");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Section 2: the policy host and the policy.
 
@@ -721,6 +749,36 @@ async fn policy_syntax_error_names_the_line() {
             "correct it",
         ],
     );
+}
+
+/// RFC 8461 §3.2: a repeated `mode` is not fatal, the first one counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_mode_keeps_the_first_and_is_a_warning() {
+    let d = Deployment::good("twice.test").await;
+    d.w.hosts.set(
+        &d.host(),
+        Behavior::Policy(
+            "version: STSv1\nmode: enforce\nmode: testing\nmx: mx1.twice.test\nmx: mx2.twice.test\nmax_age: 604800\n"
+                .into(),
+        ),
+    );
+    let r = d.check(&[]).await;
+    r.expect_exit(1);
+    r.expect("policy-valid", None, "ok", &["mode enforce"]);
+    r.expect(
+        "policy-duplicate-field",
+        None,
+        "warning",
+        &[
+            "line 3",
+            "'mode'",
+            "first on line 2",
+            "RFC 8461 §3.2",
+            "delete line 3",
+            "testing",
+        ],
+    );
+    r.lacks("policy-unknown-key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -972,6 +1030,35 @@ async fn malformed_rua() {
         ],
     );
     r.lacks("tlsrpt-valid");
+}
+
+/// RFC 8460 §3: two rua fields are grammatical; reports go to all URIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rua_fields_are_accepted_with_a_warning() {
+    let d = Deployment::good("tworua.test").await;
+    d.w.dns.set_txt(
+        "_smtp._tls.tworua.test",
+        &[&["v=TLSRPTv1; rua=mailto:a@tworua.test; rua=https://report.tworua.test/tlsrpt"]],
+    );
+    let r = d.check(&[]).await;
+    r.expect_exit(1);
+    r.expect(
+        "tlsrpt-valid",
+        None,
+        "ok",
+        &["mailto:a@tworua.test, https://report.tworua.test/tlsrpt"],
+    );
+    r.expect(
+        "tlsrpt-rua-fields",
+        None,
+        "warning",
+        &[
+            "2 rua= fields",
+            "RFC 8460 §3",
+            "rua=mailto:a@tworua.test,https://report.tworua.test/tlsrpt",
+        ],
+    );
+    r.lacks("tlsrpt-invalid");
 }
 
 // ---------------------------------------------------------------------------

@@ -62,6 +62,9 @@ async fn unusable_records_mean_no_policy_and_no_fetch() {
             &[&["v=STSv1; id=123456789012345678901234567890123"]],
         ),
         ("noid.test", &[&["v=STSv1;"]]),
+        // RFC 8461 §3.1's ABNF: WSP only around ';', at most one ';' at the end.
+        ("trailingwsp.test", &[&["v=STSv1; id=1 "]]),
+        ("emptyfield.test", &[&["v=STSv1; id=1;;"]]),
         ("version.test", &[&["v=STSv10; id=1"]]),
     ];
     let w = World::new().await;
