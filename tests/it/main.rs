@@ -22,6 +22,7 @@ mod packaging;
 mod postfix_e2e;
 mod postfix_relay;
 mod postmap;
+mod privdrop;
 mod proxy;
 mod relay;
 mod relay_crash;
