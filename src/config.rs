@@ -169,6 +169,10 @@ pub struct TlsRptConfig {
     /// `s=` of the signature: the key is published as a TXT record at
     /// `<selector>._domainkey.<dkim_domain>`.
     pub dkim_selector: Option<String>,
+    /// POST reports to loopback, private (RFC 1918, ULA), link-local,
+    /// CGNAT and other non-public addresses. Off: a forged `rua=` cannot
+    /// aim the relay at internal services.
+    pub allow_private_destinations: bool,
 }
 
 impl Default for TlsRptConfig {
@@ -185,6 +189,7 @@ impl Default for TlsRptConfig {
             dkim_key_file: None,
             dkim_domain: None,
             dkim_selector: None,
+            allow_private_destinations: false,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - Sessions under an administrator's override policy are not counted:
 //!   the domain never published that policy.
 
+pub mod destination;
 pub mod record;
 pub mod report;
 pub mod send;
@@ -147,7 +148,12 @@ impl Tlsrpt {
                 .unwrap_or_else(|| hostname.to_string()),
             contact_info: cfg.contact_info.clone().unwrap_or_else(|| from.clone()),
         };
-        let client = send::https_client(&config.fetch, dns, cfg.post_timeout)?;
+        let client = send::https_client(
+            &config.fetch,
+            dns,
+            cfg.post_timeout,
+            cfg.allow_private_destinations,
+        )?;
         let dkim = load_dkim(&cfg, &from)?;
         Ok(Tlsrpt {
             inner: Arc::new(Inner {
@@ -485,7 +491,14 @@ impl Tlsrpt {
                 tracing::warn!(domain = %r.domain, uri = %uri, error = %e, "unusable TLS-RPT URI skipped");
                 Ok(Sent::Unusable)
             }
-            Ok(RuaUri::Https { .. }) => match send::post(&self.inner.client, uri, gz).await {
+            Ok(RuaUri::Https { .. }) => match send::post(
+                &self.inner.client,
+                uri,
+                gz,
+                self.inner.cfg.allow_private_destinations,
+            )
+            .await
+            {
                 Ok(status) => {
                     tracing::info!(domain = %r.domain, report_id = %r.report_id, uri = %uri, status, "TLS-RPT report posted");
                     Ok(Sent::Posted)
