@@ -173,6 +173,10 @@ pub struct TlsRptConfig {
     /// CGNAT and other non-public addresses. Off: a forged `rua=` cannot
     /// aim the relay at internal services.
     pub allow_private_destinations: bool,
+    /// Reports kept in `<state_dir>/tlsrpt/reports/` (delivered ones for
+    /// 60 days, to never send one twice; they make room first). When all
+    /// are undelivered, a new day's counts are dropped with a log line.
+    pub max_reports: usize,
 }
 
 impl Default for TlsRptConfig {
@@ -190,6 +194,7 @@ impl Default for TlsRptConfig {
             dkim_domain: None,
             dkim_selector: None,
             allow_private_destinations: false,
+            max_reports: 10_000,
         }
     }
 }

@@ -224,10 +224,19 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Reads a file of at most [`MAX_FILE`] bytes.
 pub(crate) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    read_bounded_to(path, MAX_FILE)
+}
+
+/// Reads a file of at most `max` bytes; a longer one is an error, whatever
+/// it holds (it is never read past `max + 1` bytes).
+pub(crate) fn read_bounded_to(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    File::open(path)?.take(MAX_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_FILE {
-        return Err(io::Error::other("file too large"));
+    File::open(path)?.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("file over {max} bytes"),
+        ));
     }
     Ok(buf)
 }
@@ -242,6 +251,17 @@ impl CountsDir {
         mkdir(dir)?;
         Ok(CountsDir {
             dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The counts directory even when it cannot be made now: counting goes
+    /// on in memory and every flush says why it cannot write.
+    pub fn open_or_log(dir: &Path) -> CountsDir {
+        CountsDir::open(dir).unwrap_or_else(|e| {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create the TLS-RPT counts directory; counting in memory only until it can be written");
+            CountsDir {
+                dir: dir.to_path_buf(),
+            }
         })
     }
 
