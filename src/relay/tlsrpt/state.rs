@@ -149,7 +149,7 @@ impl ReportsDir {
                 parse_day_name(&name).map(|d| (d, e.path()))
             })
             .collect();
-        day_dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        day_dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
         let mut skipped = 0usize;
         for (day, dir) in day_dirs {
             let Ok(entries) = fs::read_dir(&dir) else {
