@@ -29,3 +29,4 @@ mod relay_crash;
 mod relay_tlsrpt;
 mod resolver;
 mod socketmap;
+mod tlsrpt_state;
