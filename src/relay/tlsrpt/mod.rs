@@ -160,7 +160,7 @@ impl Tlsrpt {
                 counts,
                 book: Mutex::new(Book {
                     days,
-                    dirty: Default::default(),
+                    ..Default::default()
                 }),
                 flushing: Mutex::new(()),
                 reports: tokio::sync::Mutex::new(reports),
