@@ -9,13 +9,17 @@
 //! - Counts are flushed every `flush_interval` and at shutdown; a crash
 //!   loses at most one interval of counts.
 //! - A report is generated once: it is written (gzip bytes and the `rua`
-//!   URIs still to serve) to `<state_dir>/tlsrpt/reports.json` before its
-//!   counts are removed, and a (domain, day) listed there is never
-//!   generated again. Each URI is crossed off once it took the report (2xx
-//!   answer, or the message is in the queue's spool); the entry is marked
-//!   done when none is left. A restart therefore resumes where it stopped;
-//!   only a crash between a send and the next write of `reports.json` can
-//!   send that one URI the report twice, with the same report-id.
+//!   URIs still to serve) to its own file under
+//!   `<state_dir>/tlsrpt/reports/` ([`state`]) before its counts are
+//!   removed, and a (domain, day) kept there is never generated again. Each
+//!   URI is crossed off once it took the report (2xx answer, or the message
+//!   is in the queue's spool); the entry is marked done when none is left.
+//!   A restart therefore resumes where it stopped; only a crash between a
+//!   send and the next write of that report's file can send that one URI
+//!   the report twice, with the same report-id.
+//! - None of this state can stop the relay from starting: a file that
+//!   cannot be used is set aside and logged, and the state is capped
+//!   (`relay.tlsrpt.max_reports`, and per-day caps on the counts).
 //! - A URI that failed (network error, non-2xx) is retried by the next
 //!   daily run (and at start-up) until the report is `retry_days` old, then
 //!   dropped with a log line. So is a `_smtp._tls` lookup that fails with a
@@ -51,11 +55,12 @@ use record::{Book, CountsDir, DomainDay, Session};
 use report::{Report, Submitter};
 use state::ReportsDir;
 
-/// Done entries of `reports.json` are kept this many days (so a stale
+/// Done reports are kept this many days (so a stale
 /// counts file restored from a backup cannot produce a second report).
 const KEEP_DONE_DAYS: u64 = 60;
 
-/// One report being delivered (an entry of `reports.json`).
+/// One report being delivered (the content of its state file; `gz` is
+/// left empty in memory and read from the file when it is sent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportState {
     pub day: u64,

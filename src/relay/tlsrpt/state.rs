@@ -214,9 +214,21 @@ impl ReportsDir {
             }
         };
         for r in &reports {
-            if let Err(e) = self.save(r) {
-                tracing::error!(domain = %r.domain, day = %day_name(r.day), error = %e, "cannot convert a TLS-RPT report state entry; keeping reports.json");
-                return;
+            match self.save(r) {
+                Ok(()) => {}
+                // This entry can never be a file: it is lost, not the rest.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidInput | io::ErrorKind::FileTooLarge
+                    ) =>
+                {
+                    tracing::error!(domain = %r.domain, day = %day_name(r.day), error = %e, "TLS-RPT report state entry dropped while converting reports.json");
+                }
+                Err(e) => {
+                    tracing::error!(domain = %r.domain, day = %day_name(r.day), error = %e, "cannot convert a TLS-RPT report state entry; keeping reports.json for the next start");
+                    return;
+                }
             }
         }
         match fs::remove_file(legacy) {
@@ -274,5 +286,22 @@ mod tests {
         assert!(loaded[0].gz.is_empty());
         assert!(!bad.exists());
         assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_former_single_file_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join("reports.json");
+        let mut done = state(4, "done.test", "");
+        done.done = true;
+        done.pending.clear();
+        let list = vec![state(5, "a.test", "H4sI"), done, state(5, "../bad", "")];
+        fs::write(&legacy, serde_json::to_vec(&list).unwrap()).unwrap();
+        let reports = ReportsDir::open(dir.path());
+        let loaded = reports.load(&legacy, 10);
+        assert_eq!(loaded.len(), 2);
+        assert!(!legacy.exists());
+        assert_eq!(reports.read(5, "a.test").unwrap().gz, "H4sI");
+        assert!(reports.read(4, "done.test").unwrap().done);
     }
 }
