@@ -170,6 +170,19 @@ async fn a_state_dir_that_is_someone_elses_symlink_is_refused() {
     );
     assert_eq!(uid(&target), 0);
     assert_eq!(uid(&outside), 0);
+
+    // The administrator's own (root's) link is followed.
+    let real = w.dir.path().join("real-state");
+    mkdir(&real);
+    std::fs::remove_file(w.state_dir()).unwrap();
+    symlink(&real, w.state_dir()).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut daemon = Daemon::start(&config, addr, w.dir.path().join("daemon.log")).await;
+    assert_eq!(uid(&real), nobody.uid.as_raw(), "{}", daemon.log_text());
+    assert!(real.join("policies.redb").exists());
+    assert_eq!(uid(&target), 0);
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
