@@ -20,7 +20,7 @@ use crate::relay::Queue;
 /// our DNS (minus non-public addresses unless `allow_private`, see
 /// [`destination`](super::destination)), no redirects (a report is not
 /// re-sent somewhere the record did not name), one deadline for the whole
-/// exchange.
+/// exchange, no proxy.
 pub fn https_client(
     fetch: &FetchConfig,
     dns: &Dns,
@@ -36,6 +36,9 @@ pub fn https_client(
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
+        // An HTTP(S)_PROXY from the environment would pick the address
+        // itself, past the check above: reports go direct.
+        .no_proxy()
         .dns_resolver(Arc::new(PublicOnly {
             dns: dns.clone(),
             allow_private,
