@@ -37,7 +37,7 @@ pub fn https_client(
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         // An HTTP(S)_PROXY from the environment would pick the address
-        // itself, past the check above: reports go direct.
+        // itself, past the resolver's check: reports go direct.
         .no_proxy()
         .dns_resolver(Arc::new(PublicOnly {
             dns: dns.clone(),
