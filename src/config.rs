@@ -190,6 +190,14 @@ pub struct TlsRptConfig {
     /// `s=` of the signature: the key is published as a TXT record at
     /// `<selector>._domainkey.<dkim_domain>`.
     pub dkim_selector: Option<String>,
+    /// POST reports to loopback, private (RFC 1918, ULA), link-local,
+    /// CGNAT and other non-public addresses. Off: a forged `rua=` cannot
+    /// aim the relay at internal services.
+    pub allow_private_destinations: bool,
+    /// Reports kept in `<state_dir>/tlsrpt/reports/` (delivered ones for
+    /// 60 days, to never send one twice; they make room first). When all
+    /// are undelivered, a new day's counts are dropped with a log line.
+    pub max_reports: usize,
 }
 
 impl Default for TlsRptConfig {
@@ -206,6 +214,8 @@ impl Default for TlsRptConfig {
             dkim_key_file: None,
             dkim_domain: None,
             dkim_selector: None,
+            allow_private_destinations: false,
+            max_reports: 10_000,
         }
     }
 }

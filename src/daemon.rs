@@ -9,6 +9,9 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::resolver::Resolver;
 use crate::store::{PolicyStore, RedisTier};
 
+mod owner;
+mod preflight;
+
 /// Loads `--config PATH`, else the default path if it exists, else defaults.
 /// Returns the config and where it came from, for the start-up log.
 pub fn load_config(explicit: Option<&Path>) -> Result<(Config, String), ConfigError> {
@@ -89,6 +92,9 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
         None => None,
     };
     drop_privileges(&config, &control_path)?;
+    if !relay_listeners.is_empty() {
+        preflight::check_spool(&config.state_dir(), &crate::relay::spool_dir(&config))?;
+    }
     let store = open_store(&config, false)?;
     let resolver = Resolver::from_config(&config, store)?;
     tracing::info!(
@@ -143,7 +149,7 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
 /// socket to that user, then switches to it for good. As root without
 /// `user`: keeps running as root, with a warning.
 fn drop_privileges(config: &Config, control: &Path) -> Result<(), String> {
-    use nix::unistd::{chown, setgid, setgroups, setuid, Uid, User};
+    use nix::unistd::{setgid, setgroups, setuid, Uid, User};
     if !Uid::effective().is_root() {
         return Ok(());
     }
@@ -166,17 +172,11 @@ fn drop_privileges(config: &Config, control: &Path) -> Result<(), String> {
             .create(&dir)
             .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
     }
-    // The store's files too, in case an earlier run as root created them.
-    let mut owned = vec![dir.clone(), control.to_path_buf()];
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        owned.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
-    }
-    for path in owned {
-        if path.exists() {
-            chown(&path, Some(user.uid), Some(user.gid))
-                .map_err(|e| format!("cannot give {} to user {name}: {e}", path.display()))?;
-        }
-    }
+    // The whole tree (an earlier run as root may have made any of it),
+    // following no link the service user could have planted.
+    let fd = owner::open_state_dir(&dir)?;
+    owner::own_tree(fd, &dir, user.uid, user.gid)?;
+    owner::own_path(control, user.uid, user.gid)?;
     setgroups(&[user.gid]).map_err(|e| format!("setgroups for user {name}: {e}"))?;
     setgid(user.gid).map_err(|e| format!("setgid for user {name}: {e}"))?;
     setuid(user.uid).map_err(|e| format!("setuid to user {name}: {e}"))?;

@@ -416,7 +416,12 @@ async fn daily_job_posts_and_mails_each_report_once() {
     let record = format!("v=TLSRPTv1; rua={url},mailto:tls-reports@reports.test");
     world.dns.set_txt("_smtp._tls.rpt.test", &[&[&record]]);
 
-    let cfg = config(&world, mx_port, "");
+    // The collector is on loopback.
+    let cfg = config(
+        &world,
+        mx_port,
+        "\n[relay.tlsrpt]\nallow_private_destinations = true\n",
+    );
     let relay = start(&world, &cfg, true).await;
     for (id, to) in [("a", "bob@rpt.test"), ("b", "bob@silent.test")] {
         let msg = message(id, "alice@sender.test", to, "hi\r\n");
@@ -965,4 +970,112 @@ fn tlsrpt_keys_parse_and_are_checked() {
             "{bad} accepted"
         );
     }
+}
+
+/// Issue 11 item 9: a `rua=` from a (forgeable) DNS answer must not aim
+/// the relay's POST at the local network. By default an `https:` URI whose
+/// name resolves to loopback, or that is a loopback literal, is not POSTed
+/// (the collector sees nothing; the error says why); with
+/// `relay.tlsrpt.allow_private_destinations = true` it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_not_posted_to_non_public_addresses_unless_allowed() {
+    let world = World::new().await;
+    let (mx_port, _mx) = SmtpServer::start_group(
+        &world.ca,
+        vec![(IpAddr::V4(ip(47)), SmtpOptions::new("mx1.ssrf.test"))],
+    )
+    .await;
+    world.dns.set_a("mx1.ssrf.test", &[ip(47)]);
+    world.dns.set_mx("ssrf.test", &[(10, "mx1.ssrf.test")]);
+    world.publish(
+        "ssrf.test",
+        "x1",
+        &policy("enforce", &["mx1.ssrf.test"], 86_400),
+    );
+    let sink = PostSink::start(&world.ca, &["internal.ssrf.test"]).await;
+    world
+        .dns
+        .set_a("internal.ssrf.test", &[Ipv4Addr::LOCALHOST]);
+    let by_name = format!("https://internal.ssrf.test:{}/v1/tlsrpt", sink.addr.port());
+    let by_literal = format!("https://127.0.0.1:{}/v1/tlsrpt", sink.addr.port());
+    let record = format!("v=TLSRPTv1; rua={by_name},{by_literal}");
+    world.dns.set_txt("_smtp._tls.ssrf.test", &[&[&record]]);
+
+    let cfg = config(&world, mx_port, "");
+    assert!(
+        !cfg.relay.tlsrpt.allow_private_destinations,
+        "off by default"
+    );
+    let relay = start(&world, &cfg, true).await;
+    let msg = message("s", "alice@sender.test", "bob@ssrf.test", "hi\r\n");
+    let reply = submit(relay.addr, "alice@sender.test", &["bob@ssrf.test"], &msg).await;
+    assert_eq!(reply.code, 250);
+    assert!(relay.wait_empty().await, "{:#?}", relay.queue.list());
+    let day = today();
+    let run = relay.tlsrpt.run_reports(day + 1, &relay.queue).await;
+    assert_eq!(
+        (run.generated, run.posted, run.failed),
+        (1, 0, 2),
+        "{run:?}"
+    );
+    assert!(
+        sink.requests().is_empty(),
+        "nothing may reach the loopback collector"
+    );
+    // What the log line says, from the same client and function.
+    let dns = mta_sts_agent::dns::Dns::from_config(&cfg).expect("dns");
+    let client = mta_sts_agent::relay::tlsrpt::send::https_client(
+        &cfg.fetch,
+        &dns,
+        Duration::from_secs(5),
+        false,
+    )
+    .expect("client");
+    for uri in [&by_name, &by_literal] {
+        let err = mta_sts_agent::relay::tlsrpt::send::post(&client, uri, b"x", false)
+            .await
+            .expect_err("refused");
+        assert!(
+            err.contains("127.0.0.1")
+                && err.contains("non-public")
+                && err.contains("allow_private_destinations"),
+            "{uri}: {err}"
+        );
+    }
+    assert!(sink.requests().is_empty());
+    relay.stop().await;
+
+    // Allowed: the pending report goes to the named collector (the
+    // literal fails certificate validation, as it should).
+    let allowed = config(
+        &world,
+        mx_port,
+        "\n[relay.tlsrpt]\nallow_private_destinations = true\n",
+    );
+    let reopened = Tlsrpt::open(&allowed, "relay.test", &dns).expect("reopen");
+    let run = reopened
+        .run_reports(day + 1, &relay_queue_for(&allowed).await)
+        .await;
+    assert_eq!(
+        (run.generated, run.posted, run.failed),
+        (0, 1, 1),
+        "{run:?}"
+    );
+    let posts = sink.requests();
+    assert_eq!(posts.len(), 1);
+    assert!(
+        posts[0].head.starts_with("POST /v1/tlsrpt HTTP/1.1"),
+        "{}",
+        posts[0].head
+    );
+}
+
+/// A queue over the world's spool, for a reporter run without a relay.
+async fn relay_queue_for(cfg: &Config) -> Queue {
+    let store = mta_sts_agent::store::PolicyStore::memory_only(100);
+    let resolver = mta_sts_agent::resolver::Resolver::from_config(cfg, store).expect("resolver");
+    Relay::open(cfg, resolver)
+        .await
+        .expect("open the relay")
+        .queue
 }

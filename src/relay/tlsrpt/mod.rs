@@ -9,13 +9,17 @@
 //! - Counts are flushed every `flush_interval` and at shutdown; a crash
 //!   loses at most one interval of counts.
 //! - A report is generated once: it is written (gzip bytes and the `rua`
-//!   URIs still to serve) to `<state_dir>/tlsrpt/reports.json` before its
-//!   counts are removed, and a (domain, day) listed there is never
-//!   generated again. Each URI is crossed off once it took the report (2xx
-//!   answer, or the message is in the queue's spool); the entry is marked
-//!   done when none is left. A restart therefore resumes where it stopped;
-//!   only a crash between a send and the next write of `reports.json` can
-//!   send that one URI the report twice, with the same report-id.
+//!   URIs still to serve) to its own file under
+//!   `<state_dir>/tlsrpt/reports/` ([`state`]) before its counts are
+//!   removed, and a (domain, day) kept there is never generated again. Each
+//!   URI is crossed off once it took the report (2xx answer, or the message
+//!   is in the queue's spool); the entry is marked done when none is left.
+//!   A restart therefore resumes where it stopped; only a crash between a
+//!   send and the next write of that report's file can send that one URI
+//!   the report twice, with the same report-id.
+//! - None of this state can stop the relay from starting: a file that
+//!   cannot be used is set aside and logged, and the state is capped
+//!   (`relay.tlsrpt.max_reports`, and per-day caps on the counts).
 //! - A URI that failed (network error, non-2xx) is retried by the next
 //!   daily run (and at start-up) until the report is `retry_days` old, then
 //!   dropped with a log line. So is a `_smtp._tls` lookup that fails with a
@@ -24,9 +28,11 @@
 //! - Sessions under an administrator's override policy are not counted:
 //!   the domain never published that policy.
 
+pub mod destination;
 pub mod record;
 pub mod report;
 pub mod send;
+pub mod state;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -47,12 +53,14 @@ use crate::store::{unix_now, PolicySource, StoredPolicy};
 
 use record::{Book, CountsDir, DomainDay, Session};
 use report::{Report, Submitter};
+use state::ReportsDir;
 
-/// Done entries of `reports.json` are kept this many days (so a stale
+/// Done reports are kept this many days (so a stale
 /// counts file restored from a backup cannot produce a second report).
 const KEEP_DONE_DAYS: u64 = 60;
 
-/// One report being delivered (an entry of `reports.json`).
+/// One report being delivered (the content of its state file; `gz` is
+/// left empty in memory and read from the file when it is sent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportState {
     pub day: u64,
@@ -96,8 +104,10 @@ struct Inner {
     book: Mutex<Book>,
     /// One flush at a time, so a file never goes back to older counts.
     flushing: Mutex<()>,
-    /// The delivery state of generated reports; also serialises runs.
+    /// The delivery state of generated reports (gzip bytes on disk only);
+    /// also serialises runs.
     reports: tokio::sync::Mutex<Vec<ReportState>>,
+    reports_dir: Arc<ReportsDir>,
     dns: Dns,
     client: reqwest::Client,
     /// Signs mailed reports (`dkim_key_file`).
@@ -121,20 +131,12 @@ impl Tlsrpt {
     pub fn open(config: &Config, hostname: &str, dns: &Dns) -> Result<Tlsrpt, String> {
         let cfg = config.relay.tlsrpt.clone();
         let dir = config.state_dir().join("tlsrpt");
-        let counts = CountsDir::open(&dir.join("counts"))
-            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        // TLS-RPT state never keeps the relay (or the socketmap) from
+        // starting: what cannot be read is set aside and logged.
+        let counts = CountsDir::open_or_log(&dir.join("counts"));
         let days = counts.load();
-        let reports_path = dir.join("reports.json");
-        let reports: Vec<ReportState> = match record::read_bounded(&reports_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{} is not valid ({e}); move it away to start afresh",
-                    reports_path.display()
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("cannot read {}: {e}", reports_path.display())),
-        };
+        let reports_dir = ReportsDir::open(&dir);
+        let reports = reports_dir.load(&dir.join("reports.json"), cfg.max_reports.max(1));
         let from = cfg
             .report_from
             .clone()
@@ -147,7 +149,12 @@ impl Tlsrpt {
                 .unwrap_or_else(|| hostname.to_string()),
             contact_info: cfg.contact_info.clone().unwrap_or_else(|| from.clone()),
         };
-        let client = send::https_client(&config.fetch, dns, cfg.post_timeout)?;
+        let client = send::https_client(
+            &config.fetch,
+            dns,
+            cfg.post_timeout,
+            cfg.allow_private_destinations,
+        )?;
         let dkim = load_dkim(&cfg, &from)?;
         Ok(Tlsrpt {
             inner: Arc::new(Inner {
@@ -158,10 +165,11 @@ impl Tlsrpt {
                 counts,
                 book: Mutex::new(Book {
                     days,
-                    dirty: Default::default(),
+                    ..Default::default()
                 }),
                 flushing: Mutex::new(()),
                 reports: tokio::sync::Mutex::new(reports),
+                reports_dir: Arc::new(reports_dir),
                 dns: dns.clone(),
                 client,
                 dkim,
@@ -321,12 +329,51 @@ impl Tlsrpt {
         self.inner.reports.lock().await.clone()
     }
 
-    async fn save_reports(&self, reports: &[ReportState]) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(reports).map_err(std::io::Error::other)?;
-        let path = self.inner.dir.join("reports.json");
-        tokio::task::spawn_blocking(move || record::write_atomic(&path, &bytes))
+    /// Writes one report's state: only that report's file.
+    async fn save_report(&self, r: &ReportState) -> std::io::Result<()> {
+        let dir = self.inner.reports_dir.clone();
+        let r = r.clone();
+        tokio::task::spawn_blocking(move || dir.save(&r))
             .await
             .map_err(std::io::Error::other)?
+    }
+
+    /// One report's full state from its file (the gzip bytes live there).
+    async fn read_report(&self, day: u64, domain: &str) -> std::io::Result<ReportState> {
+        let dir = self.inner.reports_dir.clone();
+        let domain = domain.to_string();
+        tokio::task::spawn_blocking(move || dir.read(day, &domain))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn remove_report(&self, day: u64, domain: &str) {
+        let dir = self.inner.reports_dir.clone();
+        let name = domain.to_string();
+        let done = tokio::task::spawn_blocking(move || dir.remove(day, &name)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(domain = %domain, day = %record::day_name(day), error = %e, "cannot remove an old TLS-RPT report file");
+        }
+    }
+
+    /// Makes room for one more report under `max_reports`: the oldest done
+    /// reports go first. False when every kept report is still pending.
+    async fn make_room(&self, reports: &mut Vec<ReportState>) -> bool {
+        let max = self.inner.cfg.max_reports.max(1);
+        while reports.len() >= max {
+            let oldest_done = reports
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.done)
+                .min_by_key(|(_, r)| r.day)
+                .map(|(i, _)| i);
+            let Some(i) = oldest_done else {
+                return false;
+            };
+            let r = reports.remove(i);
+            self.remove_report(r.day, &r.domain).await;
+        }
+        true
     }
 
     async fn rua(&self, domain: &str) -> Rua {
@@ -394,20 +441,36 @@ impl Tlsrpt {
                     continue;
                 }
             };
-            reports.push(ReportState {
+            if !self.make_room(&mut reports).await {
+                tracing::error!(domain = %domain, day = %record::day_name(day), max_reports = self.inner.cfg.max_reports, "TLS-RPT report state full of undelivered reports (relay.tlsrpt.max_reports); counts of that day dropped");
+                summary.expired += 1;
+                lock(&self.inner.book).remove(day, &domain);
+                continue;
+            }
+            let mut entry = ReportState {
                 day,
                 domain: domain.clone(),
                 report_id: report.report_id.clone(),
                 gz: STANDARD.encode(&gz),
                 pending: uris,
                 done: false,
-            });
+            };
             // The report is durable before its counts go.
-            if let Err(e) = self.save_reports(&reports).await {
-                tracing::error!(error = %e, "cannot save the TLS-RPT report state; retrying at the next run");
-                reports.pop();
-                continue;
+            match self.save_report(&entry).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                    tracing::error!(domain = %domain, day = %record::day_name(day), error = %e, "TLS-RPT report too large to keep; counts of that day dropped");
+                    summary.expired += 1;
+                    lock(&self.inner.book).remove(day, &domain);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(domain = %domain, error = %e, "cannot save the TLS-RPT report state; retrying at the next run");
+                    continue;
+                }
             }
+            entry.gz.clear();
+            reports.push(entry);
             summary.generated += 1;
             tracing::info!(domain = %domain, day = %record::day_name(day), report_id = %report.report_id, "TLS-RPT report generated");
             lock(&self.inner.book).remove(day, &domain);
@@ -420,13 +483,26 @@ impl Tlsrpt {
                 continue;
             };
             let mut still = Vec::new();
-            let gz = match STANDARD.decode(r.gz.as_bytes()) {
+            let stored = self.read_report(r.day, &r.domain).await;
+            let b64 = match &stored {
+                Ok(full) if full.report_id == r.report_id => full.gz.clone(),
+                _ => String::new(),
+            };
+            let gz = match STANDARD.decode(b64.as_bytes()) {
                 Ok(gz) if !gz.is_empty() => gz,
                 _ => {
-                    tracing::error!(domain = %r.domain, report_id = %r.report_id, "stored TLS-RPT report is damaged; dropped");
+                    let why = match stored {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "no report in the file".to_string(),
+                    };
+                    tracing::error!(domain = %r.domain, report_id = %r.report_id, error = %why, "stored TLS-RPT report is damaged; dropped");
                     if let Some(entry) = reports.get_mut(i) {
                         entry.done = true;
                         entry.pending.clear();
+                        let entry = entry.clone();
+                        if let Err(e) = self.save_report(&entry).await {
+                            tracing::error!(error = %e, "cannot save the TLS-RPT report state");
+                        }
                     }
                     summary.expired += 1;
                     continue;
@@ -453,23 +529,26 @@ impl Tlsrpt {
                 summary.expired += 1;
                 entry.done = true;
             }
-            if entry.done {
-                entry.gz.clear();
-            }
             entry.pending = still;
-            if let Err(e) = self.save_reports(&reports).await {
+            let mut on_disk = entry.clone();
+            if !on_disk.done {
+                on_disk.gz = b64;
+            }
+            if let Err(e) = self.save_report(&on_disk).await {
                 tracing::error!(error = %e, "cannot save the TLS-RPT report state; a restart may send a report again");
             }
         }
 
         // 3. Forget old done entries.
-        let before = reports.len();
-        reports.retain(|r| !r.done || r.day.saturating_add(KEEP_DONE_DAYS) >= today);
-        if reports.len() != before {
-            if let Err(e) = self.save_reports(&reports).await {
-                tracing::error!(error = %e, "cannot save the TLS-RPT report state");
+        let mut kept = Vec::with_capacity(reports.len());
+        for r in reports.drain(..) {
+            if r.done && r.day.saturating_add(KEEP_DONE_DAYS) < today {
+                self.remove_report(r.day, &r.domain).await;
+            } else {
+                kept.push(r);
             }
         }
+        *reports = kept;
         summary
     }
 
@@ -485,7 +564,14 @@ impl Tlsrpt {
                 tracing::warn!(domain = %r.domain, uri = %uri, error = %e, "unusable TLS-RPT URI skipped");
                 Ok(Sent::Unusable)
             }
-            Ok(RuaUri::Https { .. }) => match send::post(&self.inner.client, uri, gz).await {
+            Ok(RuaUri::Https { .. }) => match send::post(
+                &self.inner.client,
+                uri,
+                gz,
+                self.inner.cfg.allow_private_destinations,
+            )
+            .await
+            {
                 Ok(status) => {
                     tracing::info!(domain = %r.domain, report_id = %r.report_id, uri = %uri, status, "TLS-RPT report posted");
                     Ok(Sent::Posted)

@@ -25,8 +25,20 @@ pub const POLICY_STS: &str = "sts";
 /// RFC 8460 §4.4 `policy-type` of DANE TLSA records.
 pub const POLICY_TLSA: &str = "tlsa";
 
-/// Longest counts file read back.
+/// Longest counts file read back, and written: a day's counts that would
+/// not fit stay in memory (logged) rather than become an unreadable file.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+// Caps on one day's counts, so that neither memory nor the day's file grows
+// with whatever the DNS answers or recipients bring. Past them the session
+// is still counted where it can be (see `Book::add`), never a panic or an
+// unbounded list.
+/// Policy domains counted per day.
+pub const MAX_DOMAINS_PER_DAY: usize = 5_000;
+/// Policies of one domain on one day (a policy changed during the day).
+pub const MAX_POLICIES_PER_DOMAIN: usize = 4;
+/// Failure groups (result type, IPs, MX) per policy.
+pub const MAX_FAILURE_GROUPS: usize = 64;
 
 /// One failure group of RFC 8460 §4.4 `failure-details`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -52,13 +64,21 @@ pub struct PolicyCounts {
     pub mx_host: Vec<String>,
     pub success: u64,
     pub failures: Vec<FailureCount>,
+    /// Failures past [`MAX_FAILURE_GROUPS`]: in the total, without details
+    /// (RFC 8460 §4.4 `failure-details` need not list every session).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other_failures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PolicyCounts {
     pub fn failure_total(&self) -> u64 {
         self.failures
             .iter()
-            .fold(0u64, |n, f| n.saturating_add(f.count))
+            .fold(self.other_failures, |n, f| n.saturating_add(f.count))
     }
 }
 
@@ -89,22 +109,29 @@ pub struct Session<'a> {
 pub struct Book {
     pub days: BTreeMap<u64, BTreeMap<String, DomainDay>>,
     pub dirty: BTreeSet<u64>,
+    /// Days whose domain cap was hit (logged once).
+    pub full: BTreeSet<u64>,
 }
 
 impl Book {
     pub fn add(&mut self, day: u64, s: &Session<'_>) {
-        let domain = self
-            .days
-            .entry(day)
-            .or_default()
-            .entry(s.policy_domain.to_string())
-            .or_default();
+        let map = self.days.entry(day).or_default();
+        if !map.contains_key(s.policy_domain) && map.len() >= MAX_DOMAINS_PER_DAY {
+            if self.full.insert(day) {
+                tracing::warn!(day = %day_name(day), max = MAX_DOMAINS_PER_DAY, domain = %s.policy_domain, "TLS-RPT: too many policy domains today; sessions of further domains are not counted");
+            }
+            return;
+        }
+        let domain = map.entry(s.policy_domain.to_string()).or_default();
         let i = match domain.policies.iter().position(|p| {
             p.policy_type == s.policy_type
                 && p.policy_string == s.policy_string
                 && p.mx_host == s.mx_host
         }) {
             Some(i) => i,
+            // The latest policy takes the last slot: its sessions still
+            // count, under a slightly wrong policy text.
+            None if domain.policies.len() >= MAX_POLICIES_PER_DOMAIN => domain.policies.len() - 1,
             None => {
                 domain.policies.push(PolicyCounts {
                     policy_type: s.policy_type.to_string(),
@@ -112,6 +139,7 @@ impl Book {
                     mx_host: s.mx_host.to_vec(),
                     success: 0,
                     failures: Vec::new(),
+                    other_failures: 0,
                 });
                 domain.policies.len() - 1
             }
@@ -122,6 +150,7 @@ impl Book {
         match s.result_type {
             None => p.success = p.success.saturating_add(1),
             Some(rt) => {
+                let full = p.failures.len() >= MAX_FAILURE_GROUPS;
                 let found = p.failures.iter_mut().find(|f| {
                     f.result_type == rt
                         && f.sending_mta_ip == s.sending_mta_ip
@@ -130,6 +159,7 @@ impl Book {
                 });
                 match found {
                     Some(f) => f.count = f.count.saturating_add(1),
+                    None if full => p.other_failures = p.other_failures.saturating_add(1),
                     None => p.failures.push(FailureCount {
                         result_type: rt.to_string(),
                         sending_mta_ip: s.sending_mta_ip,
@@ -224,10 +254,19 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Reads a file of at most [`MAX_FILE`] bytes.
 pub(crate) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    read_bounded_to(path, MAX_FILE)
+}
+
+/// Reads a file of at most `max` bytes; a longer one is an error, whatever
+/// it holds (it is never read past `max + 1` bytes).
+pub(crate) fn read_bounded_to(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    File::open(path)?.take(MAX_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_FILE {
-        return Err(io::Error::other("file too large"));
+    File::open(path)?.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("file over {max} bytes"),
+        ));
     }
     Ok(buf)
 }
@@ -242,6 +281,17 @@ impl CountsDir {
         mkdir(dir)?;
         Ok(CountsDir {
             dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The counts directory even when it cannot be made now: counting goes
+    /// on in memory and every flush says why it cannot write.
+    pub fn open_or_log(dir: &Path) -> CountsDir {
+        CountsDir::open(dir).unwrap_or_else(|e| {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create the TLS-RPT counts directory; counting in memory only until it can be written");
+            CountsDir {
+                dir: dir.to_path_buf(),
+            }
         })
     }
 
@@ -289,6 +339,12 @@ impl CountsDir {
             };
         }
         let bytes = serde_json::to_vec(map).map_err(io::Error::other)?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("{}: counts over {MAX_FILE} bytes", path.display()),
+            ));
+        }
         write_atomic(&path, &bytes)
     }
 }
@@ -342,5 +398,38 @@ mod tests {
         book.remove(5, "example.test");
         assert!(book.days.is_empty());
         assert_eq!(book.take_dirty(), vec![(5, BTreeMap::new())]);
+    }
+
+    #[test]
+    fn a_day_stays_bounded_and_totals_stay_right() {
+        let mut book = Book::default();
+        let lines: Vec<Vec<String>> = (0..10).map(|i| vec![format!("mode: v{i}")]).collect();
+        let names: Vec<String> = (0..200).map(|i| format!("mx{i}.example.test")).collect();
+        for l in &lines {
+            for n in &names {
+                let mut s = session(Some("validation-failure"), l);
+                s.receiving_mx_hostname = Some(n);
+                book.add(5, &s);
+            }
+        }
+        let d = &book.days[&5]["example.test"];
+        assert_eq!(d.policies.len(), MAX_POLICIES_PER_DOMAIN);
+        let total: u64 = d.policies.iter().map(|p| p.failure_total()).sum();
+        assert_eq!(total, 10 * 200, "every failure counted");
+        assert!(d
+            .policies
+            .iter()
+            .all(|p| p.failures.len() <= MAX_FAILURE_GROUPS));
+        let domains: Vec<String> = (0..MAX_DOMAINS_PER_DAY + 10)
+            .map(|i| format!("d{i}.test"))
+            .collect();
+        let one = vec!["mode: enforce".to_string()];
+        for d in &domains {
+            let mut s = session(None, &one);
+            s.policy_domain = d;
+            book.add(6, &s);
+        }
+        assert_eq!(book.days[&6].len(), MAX_DOMAINS_PER_DAY);
+        assert!(book.full.contains(&6));
     }
 }

@@ -1,12 +1,14 @@
 //! Delivery of a report to one `rua=` URI: HTTPS POST (RFC 8460 §5.4) or a
 //! message through the relay's own queue (§5.3).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+use super::destination::{filter, PublicOnly};
 use super::record::day_name;
 use super::report::day_bounds;
 use crate::config::FetchConfig;
@@ -15,12 +17,15 @@ use crate::relay::dkim::DkimSigner;
 use crate::relay::Queue;
 
 /// An HTTPS client built like the policy fetcher's: same trust anchors,
-/// our DNS, no redirects (a report is not re-sent somewhere the record
-/// did not name), one deadline for the whole exchange.
+/// our DNS (minus non-public addresses unless `allow_private`, see
+/// [`destination`](super::destination)), no redirects (a report is not
+/// re-sent somewhere the record did not name), one deadline for the whole
+/// exchange, no proxy.
 pub fn https_client(
     fetch: &FetchConfig,
     dns: &Dns,
     timeout: Duration,
+    allow_private: bool,
 ) -> Result<reqwest::Client, String> {
     crate::fetch::init_crypto();
     let (roots, _) = crate::fetch::trust_roots(fetch)?;
@@ -31,7 +36,13 @@ pub fn https_client(
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(dns.clone()))
+        // An HTTP(S)_PROXY from the environment would pick the address
+        // itself, past the resolver's check: reports go direct.
+        .no_proxy()
+        .dns_resolver(Arc::new(PublicOnly {
+            dns: dns.clone(),
+            allow_private,
+        }))
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .http1_only()
@@ -41,10 +52,24 @@ pub fn https_client(
 }
 
 /// POSTs the gzipped report; Ok on a 2xx answer. The answer's body is not
-/// read; the client's deadline bounds everything.
-pub async fn post(client: &reqwest::Client, uri: &str, gz: &[u8]) -> Result<u16, String> {
+/// read; the client's deadline bounds everything. An address literal in
+/// `uri` never reaches the client's resolver, so it is checked here.
+pub async fn post(
+    client: &reqwest::Client,
+    uri: &str,
+    gz: &[u8],
+    allow_private: bool,
+) -> Result<u16, String> {
+    let url = reqwest::Url::parse(uri).map_err(|e| format!("{uri}: {e}"))?;
+    let literal = url
+        .host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<IpAddr>().ok());
+    if let Some(ip) = literal {
+        filter(&ip.to_string(), vec![ip], allow_private)?;
+    }
     let response = client
-        .post(uri)
+        .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/tlsrpt+gzip")
         .body(gz.to_vec())
         .send()
