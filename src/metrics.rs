@@ -87,6 +87,12 @@ pub struct Metrics {
     pub relay_attempts: Family<AttemptLabels, Counter>,
     pub relay_policy_failures: Family<PolicyFailureLabels, Counter>,
     pub relay_queue: Gauge,
+    pub shared_rejected: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 impl Metrics {
@@ -172,6 +178,12 @@ impl Metrics {
             "Messages in the relay queue",
             relay_queue.clone(),
         );
+        let shared_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "shared_policies_rejected",
+            "Policies read from Redis and ignored (hostile or broken), by reason",
+            shared_rejected.clone(),
+        );
         // Known label values start at zero, so dashboards and alerts see
         // every series from the first scrape, not only after a first event.
         let _ = fetches.get_or_create(&FetchLabels {
@@ -227,7 +239,16 @@ impl Metrics {
             relay_attempts,
             relay_policy_failures,
             relay_queue,
+            shared_rejected,
         }
+    }
+
+    pub fn shared_rejected(&self, reason: &str) {
+        self.shared_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn relay_attempt(&self, mode: &str, result: &str) {

@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod trust;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 
-pub use self::redis::RedisTier;
+pub use self::redis::{RedisTier, Shared};
 pub use embedded::Embedded;
+pub use trust::Weakening;
 
 /// Seconds since the Unix epoch. Stored times are wall-clock times because
 /// they must mean the same after a restart.
@@ -82,6 +84,16 @@ pub struct PolicyStore {
     redis: Option<Arc<RedisTier>>,
 }
 
+/// A read of the store, with a shared copy that is waiting for confirmation.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub policy: Option<Arc<StoredPolicy>>,
+    /// Redis holds a well-formed policy that would weaken `policy` (or
+    /// switch protection off): it is used only once a fetch of our own says
+    /// the same.
+    pub disputed: Option<Weakening>,
+}
+
 /// Who fetches a domain's policy now (see [`PolicyStore::begin_fetch`]).
 #[derive(Debug)]
 pub enum FetchTurn {
@@ -136,28 +148,57 @@ impl PolicyStore {
         format!("{self:?}")
     }
 
-    /// The policy of `domain`. With Redis up, the shared copy wins unless the
-    /// local one is newer, so a change stored by any agent is seen here at the
+    /// The policy of `domain`. With Redis up, a shared copy that passes the
+    /// checks of [`trust`] wins unless the local one is newer or would be
+    /// weakened by it, so a change stored by any agent is seen here at the
     /// next lookup; with Redis slow or down, the local tiers answer.
     pub async fn get(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
+        Ok(self.get_checked(domain).await?.policy)
+    }
+
+    /// Like [`get`](Self::get), and says when Redis holds a policy that
+    /// would weaken the answer: the caller confirms it with a fetch of its
+    /// own before anything weaker is used.
+    pub async fn get_checked(&self, domain: &str) -> Result<Checked, StoreError> {
+        let local_only = |policy| Checked {
+            policy,
+            disputed: None,
+        };
         let Some(redis) = &self.redis else {
-            return self.get_local(domain).await;
+            return self.get_local(domain).await.map(local_only);
         };
         let Ok((shared, recovered)) = redis.get(domain).await else {
-            return self.get_local(domain).await;
+            return self.get_local(domain).await.map(local_only);
         };
         if recovered {
             self.spawn_catch_up();
         }
         let local = self.get_local(domain).await?;
-        match (shared, local) {
-            (Some(s), Some(l)) if l.fetched_at > s.fetched_at => Ok(Some(l)),
-            (Some(s), Some(l)) if *l == s => Ok(Some(l)),
-            (Some(s), _) => {
-                crate::metrics::metrics().cache_hit("redis");
-                Ok(Some(self.put_local(s).await?))
+        let now = unix_now();
+        let shared = match shared {
+            Shared::Absent => return Ok(local_only(local)),
+            Shared::Rejected(_) => {
+                // Put our own copy back, so the rest of the fleet stops
+                // reading the bad one (within Redis' deadline, like any call).
+                if let Some(l) = local.as_ref().filter(|l| l.is_valid_at(now)) {
+                    let _ = redis.put(l).await;
+                }
+                return Ok(local_only(local));
             }
-            (None, local) => Ok(local),
+            Shared::Valid(s) => s,
+        };
+        match &local {
+            Some(l) if l.fetched_at > shared.fetched_at || **l == shared => Ok(local_only(local)),
+            _ => {
+                if let Some(w) = trust::weakens(local.as_deref(), &shared, now) {
+                    return Ok(Checked {
+                        policy: local,
+                        disputed: Some(w),
+                    });
+                }
+                crate::metrics::metrics().cache_hit("redis");
+                Ok(local_only(Some(self.put_local(shared).await?)))
+            }
         }
     }
 
@@ -302,8 +343,8 @@ impl PolicyStore {
             let mut pushed = 0;
             for p in local.iter().filter(|p| p.is_valid_at(now)) {
                 let newer = match redis.get(&p.domain).await {
-                    Ok((Some(shared), _)) => p.fetched_at > shared.fetched_at,
-                    Ok((None, _)) => true,
+                    Ok((Shared::Valid(shared), _)) => p.fetched_at > shared.fetched_at,
+                    Ok(_) => true,
                     Err(_) => return,
                 };
                 if newer && redis.put(p).await.is_ok() {
