@@ -269,6 +269,9 @@ pub struct RedisConfig {
     /// than fetch.timeout.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
+    /// PEM CA certificate(s) that sign a `rediss://` server's certificate,
+    /// instead of the system store (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -278,6 +281,7 @@ impl Default for RedisConfig {
             timeout: Duration::from_millis(250),
             key_prefix: "mta-sts:".to_string(),
             lock_ttl: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }

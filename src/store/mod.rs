@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod redis;
+mod redis_client;
 pub mod trust;
 
 use std::path::Path;

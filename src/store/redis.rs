@@ -52,8 +52,7 @@ impl RedisTier {
     /// Sets up a lazy connection: Redis being down at start-up is an outage
     /// like any other, not a reason to refuse to start.
     pub fn new(cfg: &RedisConfig, url: &str) -> Result<RedisTier, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("redis.url {:?}: {e}", redact(url)))?;
+        let client = super::redis_client::client(cfg, url)?;
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(Some(cfg.timeout))
@@ -276,7 +275,7 @@ impl RedisTier {
 }
 
 /// Hides a password in a redis:// URL for logs.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),

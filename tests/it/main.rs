@@ -18,6 +18,7 @@ mod discovery;
 mod exact_mx;
 mod fetch;
 mod fleet;
+mod fleet_auth;
 mod fleet_trust;
 mod packaging;
 mod postfix_e2e;
