@@ -6,6 +6,7 @@
 //! for refresh is decided by the resolver alone.
 
 pub mod embedded;
+pub mod recovery;
 pub mod redis;
 mod redis_client;
 pub mod trust;
@@ -83,6 +84,8 @@ pub struct PolicyStore {
     memory: moka::future::Cache<String, Option<Arc<StoredPolicy>>>,
     disk: Option<Arc<Embedded>>,
     redis: Option<Arc<RedisTier>>,
+    /// Domains whose policy is in memory but not on disk (a write failed).
+    unsaved: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A read of the store, with a shared copy that is waiting for confirmation.
@@ -127,6 +130,7 @@ impl PolicyStore {
             memory: moka::future::Cache::new(memory_entries),
             disk: Some(Arc::new(disk)),
             redis: None,
+            unsaved: Default::default(),
         })
     }
 
@@ -136,6 +140,7 @@ impl PolicyStore {
             memory: moka::future::Cache::new(memory_entries),
             disk: None,
             redis: None,
+            unsaved: Default::default(),
         }
     }
 
@@ -143,6 +148,12 @@ impl PolicyStore {
     pub fn with_redis(mut self, redis: RedisTier) -> PolicyStore {
         self.redis = Some(Arc::new(redis));
         self
+    }
+
+    /// True while the disk tier waits to be reopened after a failed write
+    /// (policies are then kept in memory).
+    pub fn disk_failed(&self) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.failed())
     }
 
     pub fn describe(&self) -> String {
@@ -247,14 +258,22 @@ impl PolicyStore {
         Ok(policy)
     }
 
+    /// A policy the disk cannot take (full, failing, read-only) is still
+    /// used: it stays in the memory tier, and is written once the store
+    /// has been reopened. Only a restart in between forgets it.
     async fn put_local(&self, policy: StoredPolicy) -> Result<Arc<StoredPolicy>, StoreError> {
         let policy = Arc::new(policy);
         if let Some(disk) = &self.disk {
-            let disk = disk.clone();
+            let d = disk.clone();
             let p = policy.clone();
-            blocking(move || disk.put(&p)).await.inspect_err(|_| {
-                crate::metrics::metrics().store_errors.inc();
-            })?;
+            match blocking(move || d.put(&p)).await {
+                Ok(()) => self.saved(&policy.domain),
+                Err(e) => {
+                    crate::metrics::metrics().store_errors.inc();
+                    tracing::warn!(domain = %policy.domain, error = %e, "policy kept in memory only until the store can be written");
+                    self.unsaved_insert(&policy.domain);
+                }
+            }
         }
         self.memory
             .insert(policy.domain.clone(), Some(policy.clone()))
@@ -262,7 +281,53 @@ impl PolicyStore {
         Ok(policy)
     }
 
+    fn unsaved_insert(&self, domain: &str) {
+        let mut u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the memory tier the policies live in.
+        if (u.len() as u64) < self.memory.policy().max_capacity().unwrap_or(u64::MAX) {
+            u.insert(domain.to_string());
+        }
+    }
+
+    /// A write went through: the disk is back, so write what it missed.
+    fn saved(&self, domain: &str) {
+        let pending: Vec<String> = {
+            let mut u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            u.remove(domain);
+            u.drain().collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut written = 0usize;
+            for domain in pending {
+                let Some(Some(p)) = store.memory.get(&domain).await else {
+                    continue;
+                };
+                let Some(disk) = store.disk.clone() else {
+                    return;
+                };
+                let d = domain.clone();
+                if blocking(move || disk.put(&p)).await.is_err() {
+                    store.unsaved_insert(&d);
+                } else {
+                    written += 1;
+                }
+            }
+            tracing::info!(
+                written,
+                "policies kept in memory during a store failure are written"
+            );
+        });
+    }
+
     pub async fn remove(&self, domain: &str) -> Result<(), StoreError> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain);
         if let Some(redis) = &self.redis {
             let _ = redis.remove(domain).await;
         }
@@ -283,7 +348,18 @@ impl PolicyStore {
             Some(disk) => {
                 let disk = disk.clone();
                 let all = blocking(move || disk.list()).await?;
-                Ok(all.into_iter().map(Arc::new).collect())
+                let mut all: Vec<Arc<StoredPolicy>> = all.into_iter().map(Arc::new).collect();
+                let unsaved: Vec<String> = {
+                    let u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+                    u.iter().cloned().collect()
+                };
+                for domain in unsaved {
+                    if let Some(Some(p)) = self.memory.get(&domain).await {
+                        all.retain(|q| q.domain != domain);
+                        all.push(p);
+                    }
+                }
+                Ok(all)
             }
             None => Ok(self.memory.iter().filter_map(|(_, v)| v).collect()),
         }

@@ -30,3 +30,4 @@ mod relay_crash;
 mod relay_tlsrpt;
 mod resolver;
 mod socketmap;
+mod store_faults;
