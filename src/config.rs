@@ -259,7 +259,8 @@ impl IpNet {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port/db`. Unset: no shared store.
+    /// `redis://[user][:password@]host:port/db`, or `rediss://` for TLS.
+    /// Unset: no shared store.
     pub url: Option<String>,
     /// Longest a lookup waits on Redis before answering from local tiers.
     #[serde(with = "humantime_serde")]
