@@ -173,3 +173,52 @@ async fn a_full_disk_costs_persistence_only_and_recovers_without_restart() {
         assert!(on_disk.contains(d), "{d} not on disk: {on_disk:?}");
     }
 }
+
+/// A truncated or garbage `policies.redb` at start-up: the daemon starts,
+/// says what it did, answers, and the broken file is kept aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_starts_over_a_broken_policy_store() {
+    use crate::daemon::{daemon_config, free_port, write_file, Daemon};
+    use crate::socketmap::lookup;
+
+    let w = World::new().await;
+    w.publish(
+        "broken.test",
+        "1",
+        &policy("enforce", &["mx.broken.test"], 86400),
+    );
+    // A store with a policy in it, then cut short.
+    {
+        let r = w.resolver();
+        expect_policy(&r.lookup("broken.test").await.unwrap());
+    }
+    let file = w.state_dir().join("policies.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.truncate(bytes.len() / 3);
+    std::fs::write(&file, &bytes).unwrap();
+
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = write_file(w.dir.path(), "agent.toml", &daemon_config(&w, port));
+    let mut daemon = Daemon::start(&config, addr, w.dir.path().join("daemon.log")).await;
+    assert!(
+        lookup(addr, "postfix", "broken.test")
+            .await
+            .starts_with("OK secure"),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("policy store unreadable; set aside"), "{log}");
+    daemon.stop().await;
+    let aside: Vec<_> = std::fs::read_dir(w.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("policies.redb.broken-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the broken file is kept for inspection");
+}
