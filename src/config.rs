@@ -290,7 +290,8 @@ impl IpNet {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port/db`. Unset: no shared store.
+    /// `redis://[user][:password@]host:port/db`, or `rediss://` for TLS.
+    /// Unset: no shared store.
     pub url: Option<String>,
     /// Longest a lookup waits on Redis before answering from local tiers.
     #[serde(with = "humantime_serde")]
@@ -300,6 +301,9 @@ pub struct RedisConfig {
     /// than fetch.timeout.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
+    /// PEM CA certificate(s) that sign a `rediss://` server's certificate,
+    /// instead of the system store (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -309,6 +313,7 @@ impl Default for RedisConfig {
             timeout: Duration::from_millis(250),
             key_prefix: "mta-sts:".to_string(),
             lock_ttl: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }

@@ -90,6 +90,12 @@ pub struct Metrics {
     pub relay_spool_state_recovered: Counter,
     pub relay_spool_set_aside: Counter,
     pub relay_spool_load_errors: Counter,
+    pub shared_rejected: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 impl Metrics {
@@ -193,6 +199,12 @@ impl Metrics {
             "Queued messages that could not be read for now (I/O error) and are retried",
             relay_spool_load_errors.clone(),
         );
+        let shared_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "shared_policies_rejected",
+            "Policies read from Redis and ignored (hostile or broken), by reason",
+            shared_rejected.clone(),
+        );
         // Known label values start at zero, so dashboards and alerts see
         // every series from the first scrape, not only after a first event.
         let _ = fetches.get_or_create(&FetchLabels {
@@ -251,7 +263,16 @@ impl Metrics {
             relay_spool_state_recovered,
             relay_spool_set_aside,
             relay_spool_load_errors,
+            shared_rejected,
         }
+    }
+
+    pub fn shared_rejected(&self, reason: &str) {
+        self.shared_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn relay_attempt(&self, mode: &str, result: &str) {

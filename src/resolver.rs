@@ -29,7 +29,9 @@ use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
 use crate::fetch::Fetcher;
 use crate::policy::{discover, normalize_domain, Discovery, Mode};
-use crate::store::{unix_now, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy};
+use crate::store::{
+    unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
+};
 
 /// A domain's MX hosts as DNS answers them now (RFC 5321 §5.1: preference
 /// order, the domain itself when it has no MX records).
@@ -152,6 +154,9 @@ struct Inner {
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     mx_sets: moka::future::Cache<String, Arc<MxSet>>,
     mx_refreshing: Mutex<std::collections::HashSet<String>>,
+    /// Domains whose weaker shared copy we fetched ourselves lately: one
+    /// confirming fetch a minute, however often Redis is rewritten.
+    confirming: moka::future::Cache<String, ()>,
     /// DANE status, which takes precedence over MTA-STS (RFC 8461 §2);
     /// carried here so every face shares one cache.
     dane: crate::dane::Dane,
@@ -218,6 +223,10 @@ impl Resolver {
                 mx_refreshing: Mutex::new(Default::default()),
                 discoveries: Arc::new(Semaphore::new(cfg_max_discoveries)),
                 discoveries_warned: std::sync::atomic::AtomicU64::new(0),
+                confirming: moka::future::Cache::builder()
+                    .max_capacity(mx_capacity)
+                    .time_to_live(Duration::from_secs(60))
+                    .build(),
             }),
         }
     }
@@ -432,7 +441,16 @@ impl Resolver {
 impl Inner {
     async fn lookup(self: &Arc<Self>, domain: &str) -> Result<Answer, StoreError> {
         let now = unix_now();
-        match self.store.get(domain).await? {
+        let checked = self.store.get_checked(domain).await?;
+        if let Some(weakening) = &checked.disputed {
+            if let Some(answer) = self
+                .confirm_shared(domain, weakening, checked.policy.as_ref())
+                .await?
+            {
+                return Ok(answer);
+            }
+        }
+        match checked.policy {
             Some(p) if p.is_valid_at(now) => {
                 self.maintain(domain).await;
                 return Ok(Answer::Policy(p));
@@ -459,6 +477,38 @@ impl Inner {
             return Ok(Answer::NoPolicy(NoPolicy::Pending));
         }
         self.answer_after_refresh(domain).await
+    }
+
+    /// Redis holds a policy that would weaken ours (or switch protection
+    /// off): it is never taken on trust. With a valid local policy we fetch
+    /// the domain's policy ourselves, now, and answer with what that leaves
+    /// in the store; until it ends (or when it fails) the local policy
+    /// stands. Without one, `None`: the usual discovery fetches it.
+    async fn confirm_shared(
+        self: &Arc<Self>,
+        domain: &str,
+        weakening: &crate::store::Weakening,
+        local: Option<&Arc<StoredPolicy>>,
+    ) -> Result<Option<Answer>, StoreError> {
+        let local = local.filter(|l| l.is_valid_at(unix_now()));
+        if self.confirming.contains_key(domain) {
+            return Ok(local.map(|l| Answer::Policy(l.clone())));
+        }
+        self.confirming.insert(domain.to_string(), ()).await;
+        let Some(local) = local else {
+            tracing::warn!(domain, reason = %weakening, "shared policy in redis not used without a fetch of our own");
+            return Ok(None);
+        };
+        tracing::warn!(domain, id = %local.id, mode = %local.policy.mode, reason = %weakening, "shared policy in redis would weaken ours; fetching the domain's policy ourselves before using it");
+        let mut rx = self.start_refresh_with(domain, true);
+        let deadline = self.cfg.first_lookup_deadline;
+        if tokio::time::timeout(deadline, rx.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            return Ok(Some(Answer::Policy(local.clone())));
+        }
+        self.answer_after_refresh(domain).await.map(Some)
     }
 
     async fn answer_after_refresh(&self, domain: &str) -> Result<Answer, StoreError> {
@@ -563,16 +613,28 @@ impl Inner {
     /// started and the receiver is already `true`: the caller answers with
     /// what it knows, at once, and a later lookup tries again.
     fn start_refresh(self: &Arc<Self>, domain: &str) -> watch::Receiver<bool> {
-        self.launch_refresh(domain, false)
+        self.launch_refresh(domain, false, false)
     }
 
     /// Like [`Inner::start_refresh`], but at the cap the refresh waits for a
     /// free place instead of being skipped (admin refresh, sweep).
     fn start_refresh_queued(self: &Arc<Self>, domain: &str) -> watch::Receiver<bool> {
-        self.launch_refresh(domain, true)
+        self.launch_refresh(domain, true, false)
     }
 
-    fn launch_refresh(self: &Arc<Self>, domain: &str, queued: bool) -> watch::Receiver<bool> {
+    /// `force`: fetch the policy even when the TXT id is unchanged and it is
+    /// not due, without waiting for the fleet (to check a shared copy). At
+    /// the cap it is skipped like any lookup's: the local policy stays.
+    fn start_refresh_with(self: &Arc<Self>, domain: &str, force: bool) -> watch::Receiver<bool> {
+        self.launch_refresh(domain, false, force)
+    }
+
+    fn launch_refresh(
+        self: &Arc<Self>,
+        domain: &str,
+        queued: bool,
+        force: bool,
+    ) -> watch::Receiver<bool> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = map.get(domain) {
             return rx.clone();
@@ -602,7 +664,7 @@ impl Inner {
                     Err(_) => return,
                 },
             };
-            guard.inner.refresh(&guard.domain).await;
+            guard.inner.refresh(&guard.domain, force).await;
             drop(guard);
         });
         rx
@@ -625,7 +687,7 @@ impl Inner {
 
     /// Discovery, and a fetch when the id is new or the policy is due for
     /// renewal. Applies the keep-the-cached-policy rules on every failure.
-    async fn refresh(&self, domain: &str) {
+    async fn refresh(&self, domain: &str, force: bool) {
         let now = unix_now();
         let cached = match self.store.get(domain).await {
             Ok(p) => p.filter(|p| p.is_valid_at(now)),
@@ -690,7 +752,7 @@ impl Inner {
         };
 
         if let Some(c) = &cached {
-            if c.id == record.id && !self.refresh_due(c, now) {
+            if !force && c.id == record.id && !self.refresh_due(c, now) {
                 self.set_state(domain, self.cfg.recheck_interval, 0, None)
                     .await;
                 return;
@@ -699,21 +761,27 @@ impl Inner {
 
         // In a fleet sharing Redis, one agent fetches and the others take its
         // result from the shared store.
-        let turn = self.store.begin_fetch(domain).await;
+        let turn = match force {
+            true => FetchTurn::Solo,
+            false => self.store.begin_fetch(domain).await,
+        };
         if let FetchTurn::Theirs = turn {
             match self.wait_for_peer(domain, &record.id, now).await {
-                Some(p) => {
+                Ok(p) => {
                     tracing::debug!(domain, id = %p.id, "policy fetched by another agent");
                     self.set_state(domain, self.cfg.recheck_interval, 0, None)
                         .await;
+                    return;
                 }
-                None => {
+                // What the peer stored would weaken ours: see for ourselves.
+                Err(true) => {}
+                Err(false) => {
                     let reason = "another agent's fetch produced no policy".to_string();
                     self.failed(domain, cached.as_deref(), failures, reason.into())
                         .await;
+                    return;
                 }
             }
-            return;
         }
         let fetched = self.fetcher.fetch(domain).await;
         self.finish_fetch(domain, &record.id, cached.as_deref(), failures, fetched)
@@ -723,20 +791,35 @@ impl Inner {
 
     /// Waits while another agent holds the fetch lock for a policy under
     /// `id` fetched at or after `since` to appear in the shared store.
-    async fn wait_for_peer(&self, domain: &str, id: &str, since: u64) -> Option<Arc<StoredPolicy>> {
+    /// `Err(true)`: the shared store holds a policy that must be confirmed
+    /// by our own fetch.
+    async fn wait_for_peer(
+        &self,
+        domain: &str,
+        id: &str,
+        since: u64,
+    ) -> Result<Arc<StoredPolicy>, bool> {
         let deadline = Instant::now() + self.fetcher_deadline();
         loop {
-            if let Ok(Some(p)) = self.store.get(domain).await {
-                if p.id == id && p.fetched_at >= since && p.is_valid_at(unix_now()) {
-                    return Some(p);
+            if let Ok(c) = self.store.get_checked(domain).await {
+                if c.disputed.is_some() {
+                    return Err(true);
+                }
+                if let Some(p) = c.policy {
+                    if p.id == id && p.fetched_at >= since && p.is_valid_at(unix_now()) {
+                        return Ok(p);
+                    }
                 }
             }
             if Instant::now() >= deadline || !self.store.fetch_in_progress_elsewhere(domain).await {
                 // One last look: the peer may have stored and unlocked
                 // between our two calls.
-                return match self.store.get(domain).await {
-                    Ok(Some(p)) if p.id == id && p.fetched_at >= since => Some(p),
-                    _ => None,
+                return match self.store.get_checked(domain).await {
+                    Ok(c) if c.disputed.is_some() => Err(true),
+                    Ok(Checked {
+                        policy: Some(p), ..
+                    }) if p.id == id && p.fetched_at >= since => Ok(p),
+                    _ => Err(false),
                 };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

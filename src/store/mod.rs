@@ -6,7 +6,10 @@
 //! for refresh is decided by the resolver alone.
 
 pub mod embedded;
+pub mod recovery;
 pub mod redis;
+mod redis_client;
+pub mod trust;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 
-pub use self::redis::RedisTier;
+pub use self::redis::{RedisTier, Shared};
 pub use embedded::Embedded;
+pub use trust::Weakening;
 
 /// Seconds since the Unix epoch. Stored times are wall-clock times because
 /// they must mean the same after a restart.
@@ -80,6 +84,18 @@ pub struct PolicyStore {
     memory: moka::future::Cache<String, Option<Arc<StoredPolicy>>>,
     disk: Option<Arc<Embedded>>,
     redis: Option<Arc<RedisTier>>,
+    /// Domains whose policy is in memory but not on disk (a write failed).
+    unsaved: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// A read of the store, with a shared copy that is waiting for confirmation.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub policy: Option<Arc<StoredPolicy>>,
+    /// Redis holds a well-formed policy that would weaken `policy` (or
+    /// switch protection off): it is used only once a fetch of our own says
+    /// the same.
+    pub disputed: Option<Weakening>,
 }
 
 /// Who fetches a domain's policy now (see [`PolicyStore::begin_fetch`]).
@@ -114,6 +130,7 @@ impl PolicyStore {
             memory: moka::future::Cache::new(memory_entries),
             disk: Some(Arc::new(disk)),
             redis: None,
+            unsaved: Default::default(),
         })
     }
 
@@ -123,6 +140,7 @@ impl PolicyStore {
             memory: moka::future::Cache::new(memory_entries),
             disk: None,
             redis: None,
+            unsaved: Default::default(),
         }
     }
 
@@ -132,32 +150,67 @@ impl PolicyStore {
         self
     }
 
+    /// True while the disk tier waits to be reopened after a failed write
+    /// (policies are then kept in memory).
+    pub fn disk_failed(&self) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.failed())
+    }
+
     pub fn describe(&self) -> String {
         format!("{self:?}")
     }
 
-    /// The policy of `domain`. With Redis up, the shared copy wins unless the
-    /// local one is newer, so a change stored by any agent is seen here at the
+    /// The policy of `domain`. With Redis up, a shared copy that passes the
+    /// checks of [`trust`] wins unless the local one is newer or would be
+    /// weakened by it, so a change stored by any agent is seen here at the
     /// next lookup; with Redis slow or down, the local tiers answer.
     pub async fn get(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
+        Ok(self.get_checked(domain).await?.policy)
+    }
+
+    /// Like [`get`](Self::get), and says when Redis holds a policy that
+    /// would weaken the answer: the caller confirms it with a fetch of its
+    /// own before anything weaker is used.
+    pub async fn get_checked(&self, domain: &str) -> Result<Checked, StoreError> {
+        let local_only = |policy| Checked {
+            policy,
+            disputed: None,
+        };
         let Some(redis) = &self.redis else {
-            return self.get_local(domain).await;
+            return self.get_local(domain).await.map(local_only);
         };
         let Ok((shared, recovered)) = redis.get(domain).await else {
-            return self.get_local(domain).await;
+            return self.get_local(domain).await.map(local_only);
         };
         if recovered {
             self.spawn_catch_up();
         }
         let local = self.get_local(domain).await?;
-        match (shared, local) {
-            (Some(s), Some(l)) if l.fetched_at > s.fetched_at => Ok(Some(l)),
-            (Some(s), Some(l)) if *l == s => Ok(Some(l)),
-            (Some(s), _) => {
-                crate::metrics::metrics().cache_hit("redis");
-                Ok(Some(self.put_local(s).await?))
+        let now = unix_now();
+        let shared = match shared {
+            Shared::Absent => return Ok(local_only(local)),
+            Shared::Rejected(_) => {
+                // Put our own copy back, so the rest of the fleet stops
+                // reading the bad one (within Redis' deadline, like any call).
+                if let Some(l) = local.as_ref().filter(|l| l.is_valid_at(now)) {
+                    let _ = redis.put(l).await;
+                }
+                return Ok(local_only(local));
             }
-            (None, local) => Ok(local),
+            Shared::Valid(s) => s,
+        };
+        match &local {
+            Some(l) if l.fetched_at > shared.fetched_at || **l == shared => Ok(local_only(local)),
+            _ => {
+                if let Some(w) = trust::weakens(local.as_deref(), &shared, now) {
+                    return Ok(Checked {
+                        policy: local,
+                        disputed: Some(w),
+                    });
+                }
+                crate::metrics::metrics().cache_hit("redis");
+                Ok(local_only(Some(self.put_local(shared).await?)))
+            }
         }
     }
 
@@ -205,14 +258,22 @@ impl PolicyStore {
         Ok(policy)
     }
 
+    /// A policy the disk cannot take (full, failing, read-only) is still
+    /// used: it stays in the memory tier, and is written once the store
+    /// has been reopened. Only a restart in between forgets it.
     async fn put_local(&self, policy: StoredPolicy) -> Result<Arc<StoredPolicy>, StoreError> {
         let policy = Arc::new(policy);
         if let Some(disk) = &self.disk {
-            let disk = disk.clone();
+            let d = disk.clone();
             let p = policy.clone();
-            blocking(move || disk.put(&p)).await.inspect_err(|_| {
-                crate::metrics::metrics().store_errors.inc();
-            })?;
+            match blocking(move || d.put(&p)).await {
+                Ok(()) => self.saved(&policy.domain),
+                Err(e) => {
+                    crate::metrics::metrics().store_errors.inc();
+                    tracing::warn!(domain = %policy.domain, error = %e, "policy kept in memory only until the store can be written");
+                    self.unsaved_insert(&policy.domain);
+                }
+            }
         }
         self.memory
             .insert(policy.domain.clone(), Some(policy.clone()))
@@ -220,7 +281,53 @@ impl PolicyStore {
         Ok(policy)
     }
 
+    fn unsaved_insert(&self, domain: &str) {
+        let mut u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the memory tier the policies live in.
+        if (u.len() as u64) < self.memory.policy().max_capacity().unwrap_or(u64::MAX) {
+            u.insert(domain.to_string());
+        }
+    }
+
+    /// A write went through: the disk is back, so write what it missed.
+    fn saved(&self, domain: &str) {
+        let pending: Vec<String> = {
+            let mut u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            u.remove(domain);
+            u.drain().collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut written = 0usize;
+            for domain in pending {
+                let Some(Some(p)) = store.memory.get(&domain).await else {
+                    continue;
+                };
+                let Some(disk) = store.disk.clone() else {
+                    return;
+                };
+                let d = domain.clone();
+                if blocking(move || disk.put(&p)).await.is_err() {
+                    store.unsaved_insert(&d);
+                } else {
+                    written += 1;
+                }
+            }
+            tracing::info!(
+                written,
+                "policies kept in memory during a store failure are written"
+            );
+        });
+    }
+
     pub async fn remove(&self, domain: &str) -> Result<(), StoreError> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain);
         if let Some(redis) = &self.redis {
             let _ = redis.remove(domain).await;
         }
@@ -241,7 +348,18 @@ impl PolicyStore {
             Some(disk) => {
                 let disk = disk.clone();
                 let all = blocking(move || disk.list()).await?;
-                Ok(all.into_iter().map(Arc::new).collect())
+                let mut all: Vec<Arc<StoredPolicy>> = all.into_iter().map(Arc::new).collect();
+                let unsaved: Vec<String> = {
+                    let u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+                    u.iter().cloned().collect()
+                };
+                for domain in unsaved {
+                    if let Some(Some(p)) = self.memory.get(&domain).await {
+                        all.retain(|q| q.domain != domain);
+                        all.push(p);
+                    }
+                }
+                Ok(all)
             }
             None => Ok(self.memory.iter().filter_map(|(_, v)| v).collect()),
         }
@@ -302,8 +420,8 @@ impl PolicyStore {
             let mut pushed = 0;
             for p in local.iter().filter(|p| p.is_valid_at(now)) {
                 let newer = match redis.get(&p.domain).await {
-                    Ok((Some(shared), _)) => p.fetched_at > shared.fetched_at,
-                    Ok((None, _)) => true,
+                    Ok((Shared::Valid(shared), _)) => p.fetched_at > shared.fetched_at,
+                    Ok(_) => true,
                     Err(_) => return,
                 };
                 if newer && redis.put(p).await.is_ok() {

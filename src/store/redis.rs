@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
+use super::trust::{check_shared, Rejection, MAX_SHARED_ENTRY_BYTES};
 use super::{unix_now, StoredPolicy};
 use crate::config::RedisConfig;
 
@@ -28,6 +29,16 @@ pub struct RedisTier {
     lock_ttl: Duration,
     url_for_logs: String,
     health: Mutex<Health>,
+    /// Domains whose rejected entry was logged lately (one line a minute).
+    rejections_logged: moka::future::Cache<String, ()>,
+}
+
+/// What Redis holds for a domain.
+#[derive(Debug)]
+pub enum Shared {
+    Absent,
+    Valid(StoredPolicy),
+    Rejected(Rejection),
 }
 
 /// Redis could not answer in time (or at all); the caller uses local tiers.
@@ -41,8 +52,7 @@ impl RedisTier {
     /// Sets up a lazy connection: Redis being down at start-up is an outage
     /// like any other, not a reason to refuse to start.
     pub fn new(cfg: &RedisConfig, url: &str) -> Result<RedisTier, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("redis.url {:?}: {e}", redact(url)))?;
+        let client = super::redis_client::client(cfg, url)?;
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(Some(cfg.timeout))
@@ -61,6 +71,10 @@ impl RedisTier {
                 next_try: Instant::now(),
                 backoff: MIN_BACKOFF,
             }),
+            rejections_logged: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         })
     }
 
@@ -134,19 +148,55 @@ impl RedisTier {
         }
     }
 
-    pub async fn get(&self, domain: &str) -> Result<(Option<StoredPolicy>, bool), Unavailable> {
+    /// The shared entry of `domain`, checked as if it came off the network
+    /// (see [`super::trust`]). A hostile entry is logged (once a minute per
+    /// domain), counted, and reported as [`Shared::Rejected`].
+    pub async fn get(&self, domain: &str) -> Result<(Shared, bool), Unavailable> {
         let mut conn = self.conn.clone();
         let key = self.policy_key(domain);
-        let (raw, recovered): (Option<Vec<u8>>, bool) =
-            self.call(async move { conn.get(key).await }).await?;
-        let policy = raw.and_then(|raw| match serde_json::from_slice::<StoredPolicy>(&raw) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::error!(domain, error = %e, "unreadable policy in redis ignored");
-                None
-            }
-        });
-        Ok((policy, recovered))
+        // GETRANGE bounds what Redis sends back whatever was stored; one
+        // byte more than the cap tells "too large" from "exactly the cap".
+        let end = MAX_SHARED_ENTRY_BYTES as isize;
+        let (raw, recovered): (Result<Vec<u8>, String>, bool) = self
+            .call(async move {
+                let r: redis::RedisResult<Vec<u8>> = conn.getrange(key, 0, end).await;
+                match r {
+                    Ok(v) => Ok(Ok(v)),
+                    // Something else than a string under our key is a hostile
+                    // entry, not an outage.
+                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(Err(e.to_string())),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        let shared = match raw {
+            // GETRANGE answers "" for a missing key.
+            Ok(raw) if raw.is_empty() => Shared::Absent,
+            Ok(raw) => match check_shared(domain, &raw, unix_now()) {
+                Ok(p) => Shared::Valid(p),
+                Err(why) => Shared::Rejected(why),
+            },
+            Err(e) => Shared::Rejected(Rejection::Unreadable(e)),
+        };
+        if let Shared::Rejected(why) = &shared {
+            self.report_rejection(domain, why).await;
+        }
+        Ok((shared, recovered))
+    }
+
+    async fn report_rejection(&self, domain: &str, why: &Rejection) {
+        crate::metrics::metrics().shared_rejected(why.label());
+        if self.rejections_logged.contains_key(domain) {
+            return;
+        }
+        self.rejections_logged.insert(domain.to_string(), ()).await;
+        // An expired entry is clock drift or a race with Redis' own expiry;
+        // anything else was written by someone who is not an agent.
+        if let Rejection::Expired = why {
+            tracing::debug!(domain, key = %self.policy_key(domain), reason = %why, "expired shared policy ignored");
+        } else {
+            tracing::warn!(domain, key = %self.policy_key(domain), redis = %self.url_for_logs, reason = %why, "hostile or broken shared policy in redis ignored; using local tiers and our own fetch");
+        }
     }
 
     /// Stores a policy with a Redis expiry equal to its remaining max_age.
@@ -225,7 +275,7 @@ impl RedisTier {
 }
 
 /// Hides a password in a redis:// URL for logs.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),

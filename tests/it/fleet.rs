@@ -16,7 +16,7 @@ use crate::socketmap::lookup;
 use crate::support::dns::RecordType;
 use crate::support::redis::{redis_available, RedisServer};
 
-fn agent_config(w: &World, name: &str, redis: &RedisServer) -> Config {
+pub(crate) fn agent_config(w: &World, name: &str, redis: &RedisServer) -> Config {
     let mut cfg = w.config();
     cfg.state_dir = Some(w.dir.path().join(name));
     cfg.redis.url = Some(redis.url());
@@ -24,7 +24,7 @@ fn agent_config(w: &World, name: &str, redis: &RedisServer) -> Config {
     cfg
 }
 
-fn agent(cfg: &Config) -> Resolver {
+pub(crate) fn agent(cfg: &Config) -> Resolver {
     let store = open_store(cfg, false).expect("store");
     Resolver::from_config(cfg, store).expect("resolver")
 }
@@ -94,14 +94,36 @@ async fn a_change_stored_by_one_agent_is_seen_by_all_at_the_next_lookup() {
         "2",
         &policy("enforce", &["mx2.change.test"], 86400),
     );
+    let fetches_before = w.fetches("change.test");
     a.refresh_now("change.test").await.unwrap();
-    // B re-checks TXT only hourly, yet sees the change at once through Redis.
-    let txt_before = w.dns.queries("_mta-sts.change.test", RecordType::TXT);
+    // B sees the change at its next lookup. Other MX patterns are a change
+    // a Redis writer could forge, so B confirms it with a fetch of its own
+    // before using it (README "Sharing policies").
     let answer = b.lookup("change.test").await.unwrap();
     let p = expect_policy(&answer);
     assert_eq!(p.id, "2");
     assert!(p.policy.allows_mx("mx2.change.test"));
-    assert_eq!(w.fetches("change.test"), 2, "only A fetched");
+    assert_eq!(
+        w.fetches("change.test"),
+        fetches_before + 2,
+        "A fetched, B confirmed"
+    );
+
+    // A change that weakens nothing (a new id, a longer max_age) is taken
+    // from Redis as it is: B re-checks TXT only hourly and does not fetch.
+    w.publish(
+        "change.test",
+        "3",
+        &policy("enforce", &["mx2.change.test"], 172800),
+    );
+    a.refresh_now("change.test").await.unwrap();
+    let fetches_before = w.fetches("change.test");
+    let txt_before = w.dns.queries("_mta-sts.change.test", RecordType::TXT);
+    let answer = b.lookup("change.test").await.unwrap();
+    let p = expect_policy(&answer);
+    assert_eq!(p.id, "3");
+    assert!(p.policy.allows_mx("mx2.change.test"));
+    assert_eq!(w.fetches("change.test"), fetches_before, "only A fetched");
     assert_eq!(
         w.dns.queries("_mta-sts.change.test", RecordType::TXT),
         txt_before

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments (auth, ACL users, TLS); `{port}` in
+    /// one is replaced by the port.
+    extra: Vec<String>,
 }
 
 /// `redis-server`, or None (with a note) outside CI when it is missing.
@@ -30,11 +33,22 @@ pub fn redis_available() -> bool {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// With more arguments, e.g. `["--requirepass", "secret"]`, or TLS only:
+    /// `["--port", "0", "--tls-port", "{port}", ...]` (later options win).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut r = RedisServer { port, child: None };
+        let extra = extra.iter().map(|a| a.replace("{port}", &port.to_string()));
+        let mut r = RedisServer {
+            port,
+            child: None,
+            extra: extra.collect(),
+        };
         r.restart();
         r
     }
@@ -48,6 +62,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
