@@ -86,7 +86,17 @@ struct Slots {
     /// Clients being refused: their own pool, so that however many come
     /// they never take a session slot from an allowed client.
     refusals: Arc<Semaphore>,
+    /// Of the session slots, those clients outside `allowed_networks`
+    /// (who must AUTH) may hold: never all of them, so however many
+    /// addresses an attacker has, local clients still find a free slot.
+    outside: Arc<Semaphore>,
     per_client: ClientLimit,
+}
+
+/// Session slots open to clients outside `allowed_networks`: half of
+/// `max_connections`, at least one.
+pub fn outside_slots(max_connections: usize) -> usize {
+    (max_connections / 2).max(1)
 }
 
 /// Accepts clients on every listener until `shutdown`.
@@ -98,6 +108,7 @@ pub async fn serve(
     let slots = Slots {
         sessions: Arc::new(Semaphore::new(shared.cfg.max_connections)),
         refusals: Arc::new(Semaphore::new(shared.cfg.max_connections)),
+        outside: Arc::new(Semaphore::new(outside_slots(shared.cfg.max_connections))),
         per_client: ClientLimit::new(shared.cfg.max_connections_per_client),
     };
     let mut tasks = JoinSet::new();
@@ -172,6 +183,20 @@ async fn accept_loop(
             );
             continue;
         };
+        let outside = if allowed {
+            None
+        } else {
+            let Ok(permit) = slots.outside.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %peer, limit = outside_slots(shared.cfg.max_connections), "relay slots for clients outside allowed_networks are all taken; client told to retry");
+                turn_away(
+                    &mut sessions,
+                    tcp,
+                    b"421 4.7.0 Too many connections, try again later\r\n",
+                );
+                continue;
+            };
+            Some(permit)
+        };
         let Ok(permit) = slots.sessions.clone().try_acquire_owned() else {
             tracing::warn!(peer = %peer, "relay connection limit reached; client told to retry");
             turn_away(
@@ -185,6 +210,7 @@ async fn accept_loop(
         sessions.spawn(async move {
             session.run(allowed).await;
             drop(permit);
+            drop(outside);
             drop(client);
         });
     }

@@ -616,3 +616,33 @@ async fn futures_join_all<F: std::future::Future<Output = u16> + Send + 'static>
     }
     out
 }
+
+/// With AUTH on, clients outside `allowed_networks` may connect, but they
+/// hold at most half the session slots: an attacker with many addresses
+/// cannot lock the local clients out.
+#[tokio::test]
+async fn outside_clients_never_take_the_slots_of_allowed_ones() {
+    let (rig, _ca, _dir) = auth_rig("max_connections = 4", 1000).await;
+    rig.world.dns.set_mx("auth.test", &[(10, "mx1.auth.test")]);
+    let mut held = Vec::new();
+    let mut greeted = 0;
+    for last in 90..94 {
+        let mut tcp = connect_from(Some(IpAddr::V4(ip(last))), rig.addr).await;
+        let said = read_until(&mut tcp, "\r\n", LIMIT).await;
+        if said.starts_with("220") {
+            greeted += 1;
+        } else {
+            assert!(said.starts_with("421 4.7.0"), "{said:?}");
+        }
+        held.push(tcp);
+    }
+    assert_eq!(
+        greeted,
+        mta_sts_agent::relay::server::outside_slots(4),
+        "outside clients got more than their share of the slots"
+    );
+    let msg = crate::relay::message("outside", "alice@sender.test", "bob@auth.test", "hi\r\n");
+    let reply = crate::relay::submit(rig.addr, "alice@sender.test", &["bob@auth.test"], &msg).await;
+    assert_eq!(reply.code, 250, "{reply}");
+    drop(held);
+}
