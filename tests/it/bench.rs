@@ -133,13 +133,16 @@ async fn null_server_and_open_loop_pacing() {
     assert_eq!(closed.replies.len(), 1, "{:?}", closed.replies);
     assert_eq!(closed.replies.get("OK"), Some(&closed.lookups));
 
-    // Open loop offers at most rate x duration (plus one per connection).
+    // Open loop offers at most rate x the time it ran (plus one per
+    // connection): the run ends a little after its nominal second on a
+    // loaded machine, and the bound follows the measured time.
     let mut o = opts(target, &["a.test"]);
     o.duration = Some(Duration::from_secs(1));
     o.rate = Some(400.0);
     o.connections = 2;
     let open = run(o).await;
-    assert!(open.lookups >= 1 && open.lookups <= 402, "{open:?}");
+    let offered = (400.0 * open.seconds.max(1.0)).ceil() as u64 + 2;
+    assert!(open.lookups >= 1 && open.lookups <= offered, "{open:?}");
     assert_eq!(open.errors, 0);
     server.abort();
 }
