@@ -5,13 +5,15 @@
 //! Authenticity is the AD bit of the configured resolver, as in Postfix
 //! (see [`Dns::secure_lookup`]): the resolver must validate and be trusted.
 //! What each DNSSEC outcome means:
-//! - **secure** MX RRset and at least one MX host with a secure, usable
-//!   TLSA RRset: DANE applies ([`DomainDane::Applies`]).
-//! - **insecure** (no AD bit), or no usable TLSA anywhere: DANE does not
-//!   apply and MTA-STS rules alone (RFC 7672 §2.2).
-//! - **bogus or failed** lookups (SERVFAIL, timeout): we cannot tell
-//!   ([`DomainDane::Indeterminate`]); callers keep the MTA-STS answer, which
-//!   still demands WebPKI-validated TLS. Nothing is ever weakened by it.
+//! - **secure** MX RRset: DANE is decided per host of *that* RRset
+//!   ([`DomainDane::Secure`]); how each host is then treated is
+//!   [`precedence`]'s one rule.
+//! - **insecure** MX RRset (no AD bit): DANE does not apply and MTA-STS
+//!   rules alone (RFC 7672 §2.2.1). TLSA records are never looked up for
+//!   hosts named by an unauthenticated answer, whatever they say.
+//! - **bogus or failed** MX lookup (SERVFAIL, timeout): we cannot tell
+//!   ([`DomainDane::Indeterminate`]); no TLSA record is used and MTA-STS
+//!   applies in full, pattern check included. Nothing is ever weakened by it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +24,9 @@ use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::dns::{Answer, Dns, TlsaRecord};
+
+pub mod precedence;
+pub use precedence::{host_rule, HostRule};
 
 /// RFC 7672 §3.1: only DANE-TA(2) and DANE-EE(3) are usable for SMTP; the
 /// PKIX usages 0 and 1 are not. Selector full cert(0) or SPKI(1); matching
@@ -44,17 +49,36 @@ pub enum HostDane {
 /// DANE status of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainDane {
-    /// The MX RRset is secure and these MX hosts have secure usable TLSA.
-    Applies {
-        hosts: Vec<(String, Vec<TlsaRecord>)>,
-    },
+    /// The MX RRset is DNSSEC-authenticated (RFC 7672 §2.2.1): every host
+    /// of it, in preference order, with its own TLSA status. Only these
+    /// hosts may ever be governed by TLSA records.
+    Secure { hosts: Vec<(String, HostDane)> },
+    /// The MX RRset is not authenticated (or the domain does not exist).
     NotApplicable(String),
+    /// The DNSSEC MX lookup failed: DANE status unknown.
     Indeterminate(String),
 }
 
 impl DomainDane {
+    /// DANE governs at least one MX host: it has secure, usable TLSA.
     pub fn applies(&self) -> bool {
-        matches!(self, DomainDane::Applies { .. })
+        self.hosts()
+            .is_some_and(|h| h.iter().any(|(_, s)| matches!(s, HostDane::Tlsa(_))))
+    }
+
+    /// Every host of the secure MX RRset has secure, usable TLSA records,
+    /// so no host of the domain is left to opportunistic TLS by DANE.
+    pub fn covers_every_host(&self) -> bool {
+        self.hosts()
+            .is_some_and(|h| !h.is_empty() && h.iter().all(|(_, s)| matches!(s, HostDane::Tlsa(_))))
+    }
+
+    /// The hosts of the authenticated MX RRset, when there is one.
+    pub fn hosts(&self) -> Option<&[(String, HostDane)]> {
+        match self {
+            DomainDane::Secure { hosts } => Some(hosts),
+            _ => None,
+        }
     }
 }
 
@@ -149,7 +173,14 @@ impl Dane {
     async fn refresh(&self, domain: &str) -> Arc<DomainDane> {
         let (status, ttl) = self.lookup_domain(domain).await;
         if let DomainDane::Indeterminate(why) = &status {
-            tracing::warn!(domain, reason = %why, "DNSSEC lookups failed: DANE status unknown; MTA-STS applies alone (still validated TLS)");
+            tracing::warn!(domain, reason = %why, "DNSSEC MX lookup failed: DANE status unknown; no TLSA record is used and the MTA-STS policy applies in full");
+        }
+        if let Some(hosts) = status.hosts() {
+            for (host, s) in hosts {
+                if let HostDane::Indeterminate(why) = s {
+                    tracing::warn!(domain, mx = %host, reason = %why, "TLSA lookup failed for a host of an authenticated MX RRset: that host is not used (RFC 7672 §2.1.1)");
+                }
+            }
         }
         let keep = Duration::from_secs(u64::from(ttl.unwrap_or(0)))
             .clamp(self.min_ttl, Duration::from_secs(3600));
@@ -176,11 +207,15 @@ impl Dane {
             );
         }
         let hosts: Vec<String> = match answer {
-            Answer::Records(r) => r
-                .into_iter()
-                .filter(|m| !m.is_null())
-                .map(|m| m.exchange)
-                .collect(),
+            Answer::Records(r) => {
+                let mut hosts: Vec<String> = Vec::with_capacity(r.len());
+                for m in r.into_iter().filter(|m| !m.is_null()) {
+                    if !hosts.contains(&m.exchange) {
+                        hosts.push(m.exchange);
+                    }
+                }
+                hosts
+            }
             // RFC 7672 §2.2.1: no MX, the domain itself is the host.
             Answer::NoRecords { nxdomain: false } => vec![domain.to_string()],
             Answer::NoRecords { nxdomain: true } => {
@@ -195,30 +230,19 @@ impl Dane {
             results.push(self.host(h).await);
         }
         let mut ttl = mx_ttl;
-        let mut covered = Vec::new();
-        let mut failures = Vec::new();
-        for (host, (status, t)) in hosts.iter().zip(results) {
+        let mut failed = false;
+        let mut statuses = Vec::with_capacity(hosts.len());
+        for (host, (status, t)) in hosts.into_iter().zip(results) {
             if let Some(t) = t {
                 ttl = Some(ttl.map_or(t, |x| x.min(t)));
             }
-            match status {
-                HostDane::Tlsa(records) => covered.push((host.clone(), records)),
-                HostDane::None(_) => {}
-                HostDane::Indeterminate(e) => failures.push(format!("{host}: {e}")),
-            }
+            failed |= matches!(status, HostDane::Indeterminate(_));
+            statuses.push((host, status));
         }
-        if !covered.is_empty() {
-            return (DomainDane::Applies { hosts: covered }, ttl);
-        }
-        if !failures.is_empty() {
-            return (DomainDane::Indeterminate(failures.join("; ")), None);
-        }
-        (
-            DomainDane::NotApplicable(format!(
-                "no MX host of {domain} has usable, authenticated TLSA records"
-            )),
-            ttl,
-        )
+        // A failed TLSA lookup is retried after min_ttl, not kept for the
+        // TTL of the records that did answer.
+        let ttl = if failed { None } else { ttl };
+        (DomainDane::Secure { hosts: statuses }, ttl)
     }
 }
 

@@ -14,6 +14,7 @@ mod bench;
 mod check;
 mod daemon;
 mod dane;
+mod dane_attacker;
 mod discovery;
 mod exact_mx;
 mod fetch;
