@@ -23,7 +23,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::dns::{Answer, Dns, TlsaRecord};
+use crate::dns::{Answer, Dns, MxRecord, TlsaRecord};
 
 pub mod precedence;
 pub use precedence::{host_rule, HostRule};
@@ -87,11 +87,23 @@ pub fn tlsa_name(host: &str) -> String {
     format!("_25._tcp.{host}")
 }
 
+/// The MX answer a DANE status was decided on; None when the DNSSEC MX
+/// lookup failed.
+pub type DecidedMx = Option<Arc<Answer<MxRecord>>>;
+
+/// One cached DANE status.
+#[derive(Clone)]
+struct Entry {
+    status: Arc<DomainDane>,
+    mx: DecidedMx,
+    until: Instant,
+}
+
 /// Looks up and caches DANE status; shared by every face.
 #[derive(Clone)]
 pub struct Dane {
     dns: Dns,
-    domains: moka::future::Cache<String, (Arc<DomainDane>, Instant)>,
+    domains: moka::future::Cache<String, Entry>,
     refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     min_ttl: Duration,
 }
@@ -146,8 +158,14 @@ impl Dane {
     /// background lookup refreshes it, so only the first lookup of a domain
     /// waits on DNS (the socketmap hot path).
     pub async fn domain(&self, domain: &str) -> Arc<DomainDane> {
-        if let Some((d, until)) = self.domains.get(domain).await {
-            if Instant::now() >= until {
+        self.domain_and_mx(domain).await.0
+    }
+
+    /// [`domain`](Self::domain), and the MX answer it was decided on, so
+    /// that the relay routes by the same answer without asking again.
+    pub async fn domain_and_mx(&self, domain: &str) -> (Arc<DomainDane>, DecidedMx) {
+        if let Some(e) = self.domains.get(domain).await {
+            if Instant::now() >= e.until {
                 let claimed = self
                     .refreshing
                     .lock()
@@ -157,7 +175,8 @@ impl Dane {
                     let me = self.clone();
                     let name = domain.to_string();
                     tokio::spawn(async move {
-                        me.refresh(&name).await;
+                        let fresh = me.lookup_entry(&name).await;
+                        me.domains.insert(name.clone(), fresh).await;
                         me.refreshing
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -165,13 +184,20 @@ impl Dane {
                     });
                 }
             }
-            return d;
+            return (e.status, e.mx);
         }
-        self.refresh(domain).await
+        // Concurrent first lookups of one domain share one set of DNS
+        // queries: moka runs one init per key and the others wait for it
+        // (issue 13: a cold start asked each MX and TLSA RRset ~50 times).
+        let e = self
+            .domains
+            .get_with_by_ref(domain, self.lookup_entry(domain))
+            .await;
+        (e.status, e.mx)
     }
 
-    async fn refresh(&self, domain: &str) -> Arc<DomainDane> {
-        let (status, ttl) = self.lookup_domain(domain).await;
+    async fn lookup_entry(&self, domain: &str) -> Entry {
+        let (status, ttl, mx) = self.lookup_domain(domain).await;
         if let DomainDane::Indeterminate(why) = &status {
             tracing::warn!(domain, reason = %why, "DNSSEC MX lookup failed: DANE status unknown; no TLSA record is used and the MTA-STS policy applies in full");
         }
@@ -184,18 +210,27 @@ impl Dane {
         }
         let keep = Duration::from_secs(u64::from(ttl.unwrap_or(0)))
             .clamp(self.min_ttl, Duration::from_secs(3600));
-        let status = Arc::new(status);
         // Failures are kept too (for min_ttl), so a domain whose DNSSEC
         // lookups time out does not slow every lookup down.
-        self.domains
-            .insert(domain.to_string(), (status.clone(), Instant::now() + keep))
-            .await;
-        status
+        Entry {
+            status: Arc::new(status),
+            mx: mx.map(Arc::new),
+            until: Instant::now() + keep,
+        }
     }
 
-    async fn lookup_domain(&self, domain: &str) -> (DomainDane, Option<u32>) {
+    async fn lookup_domain(
+        &self,
+        domain: &str,
+    ) -> (DomainDane, Option<u32>, Option<Answer<MxRecord>>) {
         let (answer, secure, mx_ttl) = match self.dns.mx_secure(domain).await {
-            Err(e) => return (DomainDane::Indeterminate(format!("MX lookup: {e}")), None),
+            Err(e) => {
+                return (
+                    DomainDane::Indeterminate(format!("MX lookup: {e}")),
+                    None,
+                    None,
+                )
+            }
             Ok(a) => a,
         };
         if !secure {
@@ -204,9 +239,10 @@ impl Dane {
                     "the MX records of {domain} are not DNSSEC-authenticated"
                 )),
                 mx_ttl,
+                Some(answer),
             );
         }
-        let hosts: Vec<String> = match answer {
+        let hosts: Vec<String> = match answer.clone() {
             Answer::Records(r) => {
                 let mut hosts: Vec<String> = Vec::with_capacity(r.len());
                 for m in r.into_iter().filter(|m| !m.is_null()) {
@@ -222,6 +258,7 @@ impl Dane {
                 return (
                     DomainDane::NotApplicable(format!("{domain} does not exist")),
                     None,
+                    Some(answer),
                 )
             }
         };
@@ -242,7 +279,7 @@ impl Dane {
         // A failed TLSA lookup is retried after min_ttl, not kept for the
         // TTL of the records that did answer.
         let ttl = if failed { None } else { ttl };
-        (DomainDane::Secure { hosts: statuses }, ttl)
+        (DomainDane::Secure { hosts: statuses }, ttl, Some(answer))
     }
 }
 

@@ -249,7 +249,17 @@ impl Deliverer {
             }
         };
 
-        let hosts = match me.resolver.dns().mx(&job.domain).await {
+        let (dane, decided_mx) = match me.resolver.dane_and_mx(&job.domain).await {
+            Some((d, mx)) => (Some(d), mx),
+            None => (None, None),
+        };
+        // The MX answer DANE was decided on, when there is one: the same
+        // records, and no second query per delivery.
+        let looked_up = match decided_mx {
+            Some(mx) => Ok((*mx).clone()),
+            None => me.resolver.dns().mx(&job.domain).await,
+        };
+        let hosts = match looked_up {
             Err(e) => {
                 tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, error = %e, "MX lookup failed; delivery deferred");
                 return all(false, format!("MX lookup failed: {e}"), "4.4.3");
@@ -282,7 +292,6 @@ impl Deliverer {
             }
         };
 
-        let dane = me.resolver.dane(&job.domain).await;
         let hosts = planned_hosts(hosts, dane.as_deref());
         let mut failures: Vec<String> = Vec::new();
         let mut candidates: Vec<(String, TlsMode)> = Vec::new();

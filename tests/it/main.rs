@@ -15,6 +15,7 @@ mod check;
 mod daemon;
 mod dane;
 mod dane_attacker;
+mod dane_coalesce;
 mod discovery;
 mod exact_mx;
 mod fetch;
