@@ -87,8 +87,8 @@ pub fn tlsa_name(host: &str) -> String {
     format!("_25._tcp.{host}")
 }
 
-/// The MX answer a DANE status was decided on; None when the DNSSEC MX
-/// lookup failed.
+/// The MX answer a DANE status was decided on, while its DNS TTL lasts;
+/// None when the DNSSEC MX lookup failed or the TTL ran out.
 pub type DecidedMx = Option<Arc<Answer<MxRecord>>>;
 
 /// One cached DANE status.
@@ -97,6 +97,24 @@ struct Entry {
     status: Arc<DomainDane>,
     mx: DecidedMx,
     until: Instant,
+    /// The MX answer's own DNS TTL: routing never uses it longer.
+    mx_until: Instant,
+}
+
+/// What one lookup of a domain found.
+struct Found {
+    status: DomainDane,
+    /// The smallest TTL involved (None: keep for `min_ttl`).
+    ttl: Option<u32>,
+    /// The MX answer and its TTL, unless the MX lookup failed.
+    mx: Option<(Answer<MxRecord>, Option<u32>)>,
+}
+
+impl Entry {
+    fn decided(self) -> (Arc<DomainDane>, DecidedMx) {
+        let mx = self.mx.filter(|_| Instant::now() < self.mx_until);
+        (self.status, mx)
+    }
 }
 
 /// Looks up and caches DANE status; shared by every face.
@@ -184,7 +202,7 @@ impl Dane {
                     });
                 }
             }
-            return (e.status, e.mx);
+            return e.decided();
         }
         // Concurrent first lookups of one domain share one set of DNS
         // queries: moka runs one init per key and the others wait for it
@@ -193,11 +211,11 @@ impl Dane {
             .domains
             .get_with_by_ref(domain, self.lookup_entry(domain))
             .await;
-        (e.status, e.mx)
+        e.decided()
     }
 
     async fn lookup_entry(&self, domain: &str) -> Entry {
-        let (status, ttl, mx) = self.lookup_domain(domain).await;
+        let Found { status, ttl, mx } = self.lookup_domain(domain).await;
         if let DomainDane::Indeterminate(why) = &status {
             tracing::warn!(domain, reason = %why, "DNSSEC MX lookup failed: DANE status unknown; no TLSA record is used and the MTA-STS policy applies in full");
         }
@@ -212,35 +230,36 @@ impl Dane {
             .clamp(self.min_ttl, Duration::from_secs(3600));
         // Failures are kept too (for min_ttl), so a domain whose DNSSEC
         // lookups time out does not slow every lookup down.
+        let now = Instant::now();
+        let mx_until =
+            now + Duration::from_secs(u64::from(mx.as_ref().and_then(|m| m.1).unwrap_or(0)));
         Entry {
             status: Arc::new(status),
-            mx: mx.map(Arc::new),
-            until: Instant::now() + keep,
+            mx: mx.map(|m| Arc::new(m.0)),
+            until: now + keep,
+            mx_until,
         }
     }
 
-    async fn lookup_domain(
-        &self,
-        domain: &str,
-    ) -> (DomainDane, Option<u32>, Option<Answer<MxRecord>>) {
+    async fn lookup_domain(&self, domain: &str) -> Found {
         let (answer, secure, mx_ttl) = match self.dns.mx_secure(domain).await {
             Err(e) => {
-                return (
-                    DomainDane::Indeterminate(format!("MX lookup: {e}")),
-                    None,
-                    None,
-                )
+                return Found {
+                    status: DomainDane::Indeterminate(format!("MX lookup: {e}")),
+                    ttl: None,
+                    mx: None,
+                }
             }
             Ok(a) => a,
         };
         if !secure {
-            return (
-                DomainDane::NotApplicable(format!(
+            return Found {
+                status: DomainDane::NotApplicable(format!(
                     "the MX records of {domain} are not DNSSEC-authenticated"
                 )),
-                mx_ttl,
-                Some(answer),
-            );
+                ttl: mx_ttl,
+                mx: Some((answer, mx_ttl)),
+            };
         }
         let hosts: Vec<String> = match answer.clone() {
             Answer::Records(r) => {
@@ -255,11 +274,11 @@ impl Dane {
             // RFC 7672 §2.2.1: no MX, the domain itself is the host.
             Answer::NoRecords { nxdomain: false } => vec![domain.to_string()],
             Answer::NoRecords { nxdomain: true } => {
-                return (
-                    DomainDane::NotApplicable(format!("{domain} does not exist")),
-                    None,
-                    Some(answer),
-                )
+                return Found {
+                    status: DomainDane::NotApplicable(format!("{domain} does not exist")),
+                    ttl: None,
+                    mx: Some((answer, None)),
+                }
             }
         };
         let mut results = Vec::with_capacity(hosts.len());
@@ -279,7 +298,11 @@ impl Dane {
         // A failed TLSA lookup is retried after min_ttl, not kept for the
         // TTL of the records that did answer.
         let ttl = if failed { None } else { ttl };
-        (DomainDane::Secure { hosts: statuses }, ttl, Some(answer))
+        Found {
+            status: DomainDane::Secure { hosts: statuses },
+            ttl,
+            mx: Some((answer, mx_ttl)),
+        }
     }
 }
 

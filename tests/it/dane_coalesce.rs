@@ -46,34 +46,8 @@ fn publish_dane(world: &World, domain: &str, hosts: &[(&str, u8, String)]) {
 #[tokio::test]
 async fn concurrent_first_socketmap_lookups_share_one_set_of_dane_queries() {
     let world = World::new().await;
-    let tlsa = format!("3 1 1 {}", "ab".repeat(32));
-    publish_dane(
-        &world,
-        "co.test",
-        &[
-            ("mx1.co.test", 151, tlsa.clone()),
-            ("mx2.co.test", 152, tlsa),
-        ],
-    );
-    let mut maps = BTreeMap::new();
-    maps.insert(
-        "postfix".to_string(),
-        MapConfig {
-            dane: DaneReply::DaneOnly,
-            ..MapConfig::default()
-        },
-    );
-    let h = Arc::new(Handler {
-        resolver: world.resolver(),
-        maps,
-        idle_timeout: Duration::from_secs(10),
-    });
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..LOOKUPS {
-        let h = h.clone();
-        set.spawn(async move { h.answer(b"postfix co.test", "t").await });
-    }
-    let answers = set.join_all().await;
+    let h = socketmap_for_co(&world, false);
+    let answers = ask_at_once(&h).await;
     assert!(answers.iter().all(|a| a == "OK dane-only"), "{answers:?}");
     assert_eq!(world.dns.queries("co.test", RecordType::MX), 1);
     for h in ["mx1.co.test", "mx2.co.test"] {
@@ -87,9 +61,71 @@ async fn concurrent_first_socketmap_lookups_share_one_set_of_dane_queries() {
     }
 }
 
+/// A domain whose MX records are unsigned, on a map with
+/// `match_current_mx`: one DNSSEC MX query for the DANE status (no TLSA
+/// query at all, RFC 7672 §2.2.1), and one plain query for the current MX
+/// set, however many lookups arrive.
+#[tokio::test]
+async fn concurrent_first_lookups_share_the_current_mx_query_too() {
+    let world = World::new().await;
+    let h = socketmap_for_co(&world, true);
+    world.dns.set_authentic("co.test", false);
+    let answers = ask_at_once(&h).await;
+    let want = "OK secure match=mx1.co.test:mx2.co.test servername=hostname";
+    assert!(answers.iter().all(|a| a == want), "{answers:?}");
+    assert_eq!(world.dns.queries("co.test", RecordType::MX), 2);
+    for h in ["mx1.co.test", "mx2.co.test"] {
+        assert_eq!(
+            world
+                .dns
+                .queries(&format!("_25._tcp.{h}"), RecordType::TLSA),
+            0,
+            "{h}"
+        );
+    }
+}
+
+/// `co.test`: two MX hosts with authenticated TLSA, an enforce policy.
+fn socketmap_for_co(world: &World, match_current_mx: bool) -> Arc<Handler> {
+    let tlsa = format!("3 1 1 {}", "ab".repeat(32));
+    publish_dane(
+        world,
+        "co.test",
+        &[
+            ("mx1.co.test", 151, tlsa.clone()),
+            ("mx2.co.test", 152, tlsa),
+        ],
+    );
+    let mut maps = BTreeMap::new();
+    maps.insert(
+        "postfix".to_string(),
+        MapConfig {
+            dane: DaneReply::DaneOnly,
+            match_current_mx,
+            ..MapConfig::default()
+        },
+    );
+    Arc::new(Handler {
+        resolver: world.resolver(),
+        maps,
+        idle_timeout: Duration::from_secs(10),
+    })
+}
+
+async fn ask_at_once(h: &Arc<Handler>) -> Vec<String> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..LOOKUPS {
+        let h = h.clone();
+        set.spawn(async move { h.answer(b"postfix co.test", "t").await });
+    }
+    set.join_all().await
+}
+
 #[tokio::test]
 async fn concurrent_relay_deliveries_share_one_mx_query_and_one_tlsa_query() {
     let world = World::new().await;
+    // The relay routes by the MX answer only while its TTL lasts.
+    world.dns.set_ttl(300);
     let (port, mx) = SmtpServer::start_group(
         &world.ca,
         vec![(
