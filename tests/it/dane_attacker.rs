@@ -262,6 +262,88 @@ async fn a_dane_domain_never_falls_back_to_plaintext_when_a_tlsa_lookup_fails() 
     );
 }
 
+/// A DANE domain without MTA-STS: the attacker forges the plain MX answer
+/// to name its own host (no STARTTLS) and lets the DNSSEC query through.
+/// With an authenticated MX RRset, the hosts tried are that RRset's
+/// (RFC 7672 §2.2.1): the forged host is never contacted, and the mail
+/// goes to the real host, over TLS matching its TLSA records.
+#[tokio::test]
+async fn a_forged_plain_mx_answer_cannot_add_a_host_to_an_authenticated_mx_rrset() {
+    if !dnssec::available() {
+        return;
+    }
+    let world = World::new().await;
+    let (port, mx) = SmtpServer::start_group(
+        &world.ca,
+        vec![
+            (
+                IpAddr::V4(ip(147)),
+                SmtpOptions::new("mx1.dane3.test").cert(SmtpCert::SelfSigned),
+            ),
+            (
+                IpAddr::V4(ip(148)),
+                SmtpOptions::new("mx.evil3.test").starttls(false),
+            ),
+        ],
+    )
+    .await;
+    let dns = SignedDns::start(&[
+        zone(
+            "dane3.test",
+            &[
+                "@ IN MX 10 mx1.dane3.test.".into(),
+                "mx1 IN A 127.0.0.147".into(),
+                format!(
+                    "_25._tcp.mx1 IN TLSA {}",
+                    tlsa_3_1_1(mx[0].certificate().as_ref())
+                ),
+            ],
+            Signing::Secure,
+        ),
+        zone(
+            "evil3.test",
+            &["mx IN A 127.0.0.148".into()],
+            Signing::Insecure,
+        ),
+    ])
+    .await;
+    let attacker = OnPath::start(dns.addr).await;
+    attacker.forge_mx_plain("dane3.test", &[(5, "mx.evil3.test")]);
+    world.hosts.set(
+        "mta-sts.dane3.test",
+        Behavior::Policy(policy("none", &[], 86_400)),
+    );
+    let config = config_via(&world, attacker.addr, &relay_toml(port, ""));
+    let relay = start_relay(&world, &config).await;
+
+    let rcpt = "bob@dane3.test";
+    let msg = message(
+        "plainmx",
+        "alice@sender.test",
+        rcpt,
+        "secret
+",
+    );
+    let reply = submit(relay.addr, "alice@sender.test", &[rcpt], &msg).await;
+    assert_eq!(reply.code, 250, "{reply}");
+    let q = relay.queue.clone();
+    let empty = crate::harness::eventually(Duration::from_secs(20), || {
+        let q = q.clone();
+        async move { q.is_empty() }
+    })
+    .await;
+    relay.task.abort();
+    assert_eq!(
+        mx[1].connections(),
+        0,
+        "the forged host was contacted: {:?}",
+        mx[1].commands()
+    );
+    assert!(empty, "queue: {:#?}", relay.queue.list());
+    assert_eq!(mx[0].messages().len(), 1);
+    assert!(mx[0].messages()[0].tls);
+}
+
 /// The socketmap side of both: Postfix is handed a DANE level only when
 /// that is not weaker than the MTA-STS answer. Under `dane` Postfix uses
 /// an MX host without usable TLSA (or whose TLSA lookup fails on our side)

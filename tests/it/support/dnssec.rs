@@ -219,6 +219,8 @@ pub struct OnPath {
 #[derive(Default)]
 struct Rules {
     forged: std::collections::HashMap<(String, RecordType), Vec<RData>>,
+    /// Forged for plain queries only; DNSSEC queries pass.
+    forged_plain: std::collections::HashMap<(String, RecordType), Vec<RData>>,
     drop_dnssec: std::collections::HashSet<(String, RecordType)>,
     /// Queries seen, by (name, type, DO bit).
     seen: std::collections::HashMap<(String, RecordType, bool), usize>,
@@ -317,15 +319,18 @@ impl OnPath {
     /// Answers MX queries for `domain` (with or without DO) with these
     /// records, unsigned.
     pub fn forge_mx(&self, domain: &str, mx: &[(u16, &str)]) {
-        let data = mx
-            .iter()
-            .map(|(pref, host)| {
-                let name = Name::from_ascii(format!("{}.", name_key(host))).expect("MX host name");
-                RData::MX(MX::new(*pref, name))
-            })
-            .collect();
+        let data = mx_data(mx);
         self.rules()
             .forged
+            .insert((name_key(domain), RecordType::MX), data);
+    }
+
+    /// Like [`forge_mx`](Self::forge_mx), for plain queries only (no DO
+    /// bit): DNSSEC queries get the true, signed answer.
+    pub fn forge_mx_plain(&self, domain: &str, mx: &[(u16, &str)]) {
+        let data = mx_data(mx);
+        self.rules()
+            .forged_plain
             .insert((name_key(domain), RecordType::MX), data);
     }
 
@@ -342,6 +347,15 @@ impl OnPath {
             .copied()
             .unwrap_or(0)
     }
+}
+
+fn mx_data(mx: &[(u16, &str)]) -> Vec<RData> {
+    mx.iter()
+        .map(|(pref, host)| {
+            let name = Name::from_ascii(format!("{}.", name_key(host))).expect("MX host name");
+            RData::MX(MX::new(*pref, name))
+        })
+        .collect()
 }
 
 /// The attacker's reply to one query packet; `None`: say nothing.
@@ -364,7 +378,8 @@ async fn answer(
         if dnssec && r.drop_dnssec.contains(&k) {
             return None;
         }
-        r.forged.get(&k).cloned()
+        let plain = if dnssec { None } else { r.forged_plain.get(&k) };
+        plain.or_else(|| r.forged.get(&k)).cloned()
     };
     if let Some(data) = forged {
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
