@@ -26,7 +26,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::dns::{Answer, Dns, MxRecord, TlsaRecord};
 
 pub mod precedence;
-pub use precedence::{host_rule, HostRule};
+pub use precedence::{host_rule, hosts_to_try, HostRule};
 
 /// RFC 7672 §3.1: only DANE-TA(2) and DANE-EE(3) are usable for SMTP; the
 /// PKIX usages 0 and 1 are not. Selector full cert(0) or SPKI(1); matching

@@ -44,6 +44,16 @@ pub fn host_rule(domain: Option<&DomainDane>, host: &str) -> HostRule {
     }
 }
 
+/// The MX hosts to try, in order, given those of the ordinary lookup. With
+/// an authenticated MX RRset they are its hosts (RFC 7672 §2.2.1), so an
+/// unsigned answer that disagrees with it cannot add one.
+pub fn hosts_to_try(looked_up: Vec<String>, domain: Option<&DomainDane>) -> Vec<String> {
+    match domain.and_then(DomainDane::hosts) {
+        Some(secure) if !secure.is_empty() => secure.iter().map(|(h, _)| h.clone()).collect(),
+        _ => looked_up,
+    }
+}
+
 /// Whether the socketmap may answer with a DANE level instead of the
 /// MTA-STS `secure` answer. `uncovered_fall_back`: under that answer
 /// Postfix uses an MX host without usable TLSA with opportunistic TLS
@@ -116,6 +126,26 @@ mod tests {
             host_rule(Some(&all_failed), "mx1.dane.test"),
             HostRule::Skip(_)
         ));
+    }
+
+    #[test]
+    fn an_authenticated_mx_rrset_decides_which_hosts_are_tried() {
+        let forged = vec!["mx.evil.test".to_string()];
+        let d = secure(&[
+            ("mx1.dane.test", HostDane::Tlsa(tlsa())),
+            ("mx2.dane.test", HostDane::None("no TLSA".into())),
+        ]);
+        assert_eq!(
+            hosts_to_try(forged.clone(), Some(&d)),
+            ["mx1.dane.test", "mx2.dane.test"]
+        );
+        for other in [
+            None,
+            Some(DomainDane::NotApplicable("insecure".into())),
+            Some(DomainDane::Indeterminate("timeout".into())),
+        ] {
+            assert_eq!(hosts_to_try(forged.clone(), other.as_ref()), forged);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use super::spool::Spool;
 use crate::config::RelayConfig;
-use crate::dane::{host_rule, DomainDane, HostRule};
+use crate::dane::{host_rule, hosts_to_try, HostRule};
 use crate::dns::Answer as DnsAnswer;
 use crate::policy::mx::matches_any;
 use crate::policy::Mode;
@@ -103,16 +103,6 @@ impl TlsMode {
             TlsMode::Enforce(p) | TlsMode::Testing(p) => Some(p),
             TlsMode::Opportunistic(_) | TlsMode::Dane(_) => None,
         }
-    }
-}
-
-/// The MX hosts to try, in order. With an authenticated MX RRset they are
-/// its hosts (RFC 7672 §2.2.1), so an unsigned answer that disagrees with
-/// it cannot add one; otherwise the ordinary lookup's.
-fn planned_hosts(looked_up: Vec<String>, dane: Option<&DomainDane>) -> Vec<String> {
-    match dane.and_then(DomainDane::hosts) {
-        Some(secure) if !secure.is_empty() => secure.iter().map(|(h, _)| h.clone()).collect(),
-        _ => looked_up,
     }
 }
 
@@ -292,7 +282,7 @@ impl Deliverer {
             }
         };
 
-        let hosts = planned_hosts(hosts, dane.as_deref());
+        let hosts = hosts_to_try(hosts, dane.as_deref());
         let mut failures: Vec<String> = Vec::new();
         let mut candidates: Vec<(String, TlsMode)> = Vec::new();
         for host in hosts {
