@@ -5,13 +5,15 @@
 //! Authenticity is the AD bit of the configured resolver, as in Postfix
 //! (see [`Dns::secure_lookup`]): the resolver must validate and be trusted.
 //! What each DNSSEC outcome means:
-//! - **secure** MX RRset and at least one MX host with a secure, usable
-//!   TLSA RRset: DANE applies ([`DomainDane::Applies`]).
-//! - **insecure** (no AD bit), or no usable TLSA anywhere: DANE does not
-//!   apply and MTA-STS rules alone (RFC 7672 §2.2).
-//! - **bogus or failed** lookups (SERVFAIL, timeout): we cannot tell
-//!   ([`DomainDane::Indeterminate`]); callers keep the MTA-STS answer, which
-//!   still demands WebPKI-validated TLS. Nothing is ever weakened by it.
+//! - **secure** MX RRset: DANE is decided per host of *that* RRset
+//!   ([`DomainDane::Secure`]); how each host is then treated is
+//!   [`precedence`]'s one rule.
+//! - **insecure** MX RRset (no AD bit): DANE does not apply and MTA-STS
+//!   rules alone (RFC 7672 §2.2.1). TLSA records are never looked up for
+//!   hosts named by an unauthenticated answer, whatever they say.
+//! - **bogus or failed** MX lookup (SERVFAIL, timeout): we cannot tell
+//!   ([`DomainDane::Indeterminate`]); no TLSA record is used and MTA-STS
+//!   applies in full, pattern check included. Nothing is ever weakened by it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +23,10 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::dns::{Answer, Dns, TlsaRecord};
+use crate::dns::{Answer, Dns, MxRecord, TlsaRecord};
+
+pub mod precedence;
+pub use precedence::{host_rule, hosts_to_try, HostRule};
 
 /// RFC 7672 §3.1: only DANE-TA(2) and DANE-EE(3) are usable for SMTP; the
 /// PKIX usages 0 and 1 are not. Selector full cert(0) or SPKI(1); matching
@@ -44,17 +49,36 @@ pub enum HostDane {
 /// DANE status of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainDane {
-    /// The MX RRset is secure and these MX hosts have secure usable TLSA.
-    Applies {
-        hosts: Vec<(String, Vec<TlsaRecord>)>,
-    },
+    /// The MX RRset is DNSSEC-authenticated (RFC 7672 §2.2.1): every host
+    /// of it, in preference order, with its own TLSA status. Only these
+    /// hosts may ever be governed by TLSA records.
+    Secure { hosts: Vec<(String, HostDane)> },
+    /// The MX RRset is not authenticated (or the domain does not exist).
     NotApplicable(String),
+    /// The DNSSEC MX lookup failed: DANE status unknown.
     Indeterminate(String),
 }
 
 impl DomainDane {
+    /// DANE governs at least one MX host: it has secure, usable TLSA.
     pub fn applies(&self) -> bool {
-        matches!(self, DomainDane::Applies { .. })
+        self.hosts()
+            .is_some_and(|h| h.iter().any(|(_, s)| matches!(s, HostDane::Tlsa(_))))
+    }
+
+    /// Every host of the secure MX RRset has secure, usable TLSA records,
+    /// so no host of the domain is left to opportunistic TLS by DANE.
+    pub fn covers_every_host(&self) -> bool {
+        self.hosts()
+            .is_some_and(|h| !h.is_empty() && h.iter().all(|(_, s)| matches!(s, HostDane::Tlsa(_))))
+    }
+
+    /// The hosts of the authenticated MX RRset, when there is one.
+    pub fn hosts(&self) -> Option<&[(String, HostDane)]> {
+        match self {
+            DomainDane::Secure { hosts } => Some(hosts),
+            _ => None,
+        }
     }
 }
 
@@ -63,11 +87,41 @@ pub fn tlsa_name(host: &str) -> String {
     format!("_25._tcp.{host}")
 }
 
+/// The MX answer a DANE status was decided on, while its DNS TTL lasts;
+/// None when the DNSSEC MX lookup failed or the TTL ran out.
+pub type DecidedMx = Option<Arc<Answer<MxRecord>>>;
+
+/// One cached DANE status.
+#[derive(Clone)]
+struct Entry {
+    status: Arc<DomainDane>,
+    mx: DecidedMx,
+    until: Instant,
+    /// The MX answer's own DNS TTL: routing never uses it longer.
+    mx_until: Instant,
+}
+
+/// What one lookup of a domain found.
+struct Found {
+    status: DomainDane,
+    /// The smallest TTL involved (None: keep for `min_ttl`).
+    ttl: Option<u32>,
+    /// The MX answer and its TTL, unless the MX lookup failed.
+    mx: Option<(Answer<MxRecord>, Option<u32>)>,
+}
+
+impl Entry {
+    fn decided(self) -> (Arc<DomainDane>, DecidedMx) {
+        let mx = self.mx.filter(|_| Instant::now() < self.mx_until);
+        (self.status, mx)
+    }
+}
+
 /// Looks up and caches DANE status; shared by every face.
 #[derive(Clone)]
 pub struct Dane {
     dns: Dns,
-    domains: moka::future::Cache<String, (Arc<DomainDane>, Instant)>,
+    domains: moka::future::Cache<String, Entry>,
     refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     min_ttl: Duration,
 }
@@ -122,8 +176,14 @@ impl Dane {
     /// background lookup refreshes it, so only the first lookup of a domain
     /// waits on DNS (the socketmap hot path).
     pub async fn domain(&self, domain: &str) -> Arc<DomainDane> {
-        if let Some((d, until)) = self.domains.get(domain).await {
-            if Instant::now() >= until {
+        self.domain_and_mx(domain).await.0
+    }
+
+    /// [`domain`](Self::domain), and the MX answer it was decided on, so
+    /// that the relay routes by the same answer without asking again.
+    pub async fn domain_and_mx(&self, domain: &str) -> (Arc<DomainDane>, DecidedMx) {
+        if let Some(e) = self.domains.get(domain).await {
+            if Instant::now() >= e.until {
                 let claimed = self
                     .refreshing
                     .lock()
@@ -133,7 +193,8 @@ impl Dane {
                     let me = self.clone();
                     let name = domain.to_string();
                     tokio::spawn(async move {
-                        me.refresh(&name).await;
+                        let fresh = me.lookup_entry(&name).await;
+                        me.domains.insert(name.clone(), fresh).await;
                         me.refreshing
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -141,53 +202,83 @@ impl Dane {
                     });
                 }
             }
-            return d;
+            return e.decided();
         }
-        self.refresh(domain).await
+        // Concurrent first lookups of one domain share one set of DNS
+        // queries: moka runs one init per key and the others wait for it
+        // (issue 13: a cold start asked each MX and TLSA RRset ~50 times).
+        let e = self
+            .domains
+            .get_with_by_ref(domain, self.lookup_entry(domain))
+            .await;
+        e.decided()
     }
 
-    async fn refresh(&self, domain: &str) -> Arc<DomainDane> {
-        let (status, ttl) = self.lookup_domain(domain).await;
+    async fn lookup_entry(&self, domain: &str) -> Entry {
+        let Found { status, ttl, mx } = self.lookup_domain(domain).await;
         if let DomainDane::Indeterminate(why) = &status {
-            tracing::warn!(domain, reason = %why, "DNSSEC lookups failed: DANE status unknown; MTA-STS applies alone (still validated TLS)");
+            tracing::warn!(domain, reason = %why, "DNSSEC MX lookup failed: DANE status unknown; no TLSA record is used and the MTA-STS policy applies in full");
+        }
+        if let Some(hosts) = status.hosts() {
+            for (host, s) in hosts {
+                if let HostDane::Indeterminate(why) = s {
+                    tracing::warn!(domain, mx = %host, reason = %why, "TLSA lookup failed for a host of an authenticated MX RRset: that host is not used (RFC 7672 §2.1.1)");
+                }
+            }
         }
         let keep = Duration::from_secs(u64::from(ttl.unwrap_or(0)))
             .clamp(self.min_ttl, Duration::from_secs(3600));
-        let status = Arc::new(status);
         // Failures are kept too (for min_ttl), so a domain whose DNSSEC
         // lookups time out does not slow every lookup down.
-        self.domains
-            .insert(domain.to_string(), (status.clone(), Instant::now() + keep))
-            .await;
-        status
+        let now = Instant::now();
+        let mx_until =
+            now + Duration::from_secs(u64::from(mx.as_ref().and_then(|m| m.1).unwrap_or(0)));
+        Entry {
+            status: Arc::new(status),
+            mx: mx.map(|m| Arc::new(m.0)),
+            until: now + keep,
+            mx_until,
+        }
     }
 
-    async fn lookup_domain(&self, domain: &str) -> (DomainDane, Option<u32>) {
+    async fn lookup_domain(&self, domain: &str) -> Found {
         let (answer, secure, mx_ttl) = match self.dns.mx_secure(domain).await {
-            Err(e) => return (DomainDane::Indeterminate(format!("MX lookup: {e}")), None),
+            Err(e) => {
+                return Found {
+                    status: DomainDane::Indeterminate(format!("MX lookup: {e}")),
+                    ttl: None,
+                    mx: None,
+                }
+            }
             Ok(a) => a,
         };
         if !secure {
-            return (
-                DomainDane::NotApplicable(format!(
+            return Found {
+                status: DomainDane::NotApplicable(format!(
                     "the MX records of {domain} are not DNSSEC-authenticated"
                 )),
-                mx_ttl,
-            );
+                ttl: mx_ttl,
+                mx: Some((answer, mx_ttl)),
+            };
         }
-        let hosts: Vec<String> = match answer {
-            Answer::Records(r) => r
-                .into_iter()
-                .filter(|m| !m.is_null())
-                .map(|m| m.exchange)
-                .collect(),
+        let hosts: Vec<String> = match answer.clone() {
+            Answer::Records(r) => {
+                let mut hosts: Vec<String> = Vec::with_capacity(r.len());
+                for m in r.into_iter().filter(|m| !m.is_null()) {
+                    if !hosts.contains(&m.exchange) {
+                        hosts.push(m.exchange);
+                    }
+                }
+                hosts
+            }
             // RFC 7672 §2.2.1: no MX, the domain itself is the host.
             Answer::NoRecords { nxdomain: false } => vec![domain.to_string()],
             Answer::NoRecords { nxdomain: true } => {
-                return (
-                    DomainDane::NotApplicable(format!("{domain} does not exist")),
-                    None,
-                )
+                return Found {
+                    status: DomainDane::NotApplicable(format!("{domain} does not exist")),
+                    ttl: None,
+                    mx: Some((answer, None)),
+                }
             }
         };
         let mut results = Vec::with_capacity(hosts.len());
@@ -195,30 +286,23 @@ impl Dane {
             results.push(self.host(h).await);
         }
         let mut ttl = mx_ttl;
-        let mut covered = Vec::new();
-        let mut failures = Vec::new();
-        for (host, (status, t)) in hosts.iter().zip(results) {
+        let mut failed = false;
+        let mut statuses = Vec::with_capacity(hosts.len());
+        for (host, (status, t)) in hosts.into_iter().zip(results) {
             if let Some(t) = t {
                 ttl = Some(ttl.map_or(t, |x| x.min(t)));
             }
-            match status {
-                HostDane::Tlsa(records) => covered.push((host.clone(), records)),
-                HostDane::None(_) => {}
-                HostDane::Indeterminate(e) => failures.push(format!("{host}: {e}")),
-            }
+            failed |= matches!(status, HostDane::Indeterminate(_));
+            statuses.push((host, status));
         }
-        if !covered.is_empty() {
-            return (DomainDane::Applies { hosts: covered }, ttl);
-        }
-        if !failures.is_empty() {
-            return (DomainDane::Indeterminate(failures.join("; ")), None);
-        }
-        (
-            DomainDane::NotApplicable(format!(
-                "no MX host of {domain} has usable, authenticated TLSA records"
-            )),
+        // A failed TLSA lookup is retried after min_ttl, not kept for the
+        // TTL of the records that did answer.
+        let ttl = if failed { None } else { ttl };
+        Found {
+            status: DomainDane::Secure { hosts: statuses },
             ttl,
-        )
+            mx: Some((answer, mx_ttl)),
+        }
     }
 }
 

@@ -383,6 +383,21 @@ impl Resolver {
         .ok()
     }
 
+    /// [`dane`](Self::dane) and the MX answer it was decided on, within
+    /// the same deadline: the relay routes by that answer, so one MX query
+    /// per domain and TTL serves both.
+    pub async fn dane_and_mx(
+        &self,
+        domain: &str,
+    ) -> Option<(Arc<crate::dane::DomainDane>, crate::dane::DecidedMx)> {
+        tokio::time::timeout(
+            self.inner.cfg.first_lookup_deadline,
+            self.inner.dane.domain_and_mx(domain),
+        )
+        .await
+        .ok()
+    }
+
     /// The shared DANE lookups (per MX host, for the relay).
     pub fn dane_lookups(&self) -> &crate::dane::Dane {
         &self.inner.dane

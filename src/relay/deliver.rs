@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use super::spool::Spool;
 use crate::config::RelayConfig;
-use crate::dane::{DomainDane, HostDane};
+use crate::dane::{host_rule, hosts_to_try, HostRule};
 use crate::dns::Answer as DnsAnswer;
 use crate::policy::mx::matches_any;
 use crate::policy::Mode;
@@ -239,7 +239,17 @@ impl Deliverer {
             }
         };
 
-        let hosts = match me.resolver.dns().mx(&job.domain).await {
+        let (dane, decided_mx) = match me.resolver.dane_and_mx(&job.domain).await {
+            Some((d, mx)) => (Some(d), mx),
+            None => (None, None),
+        };
+        // The MX answer DANE was decided on, when there is one: the same
+        // records, and no second query per delivery.
+        let looked_up = match decided_mx {
+            Some(mx) => Ok((*mx).clone()),
+            None => me.resolver.dns().mx(&job.domain).await,
+        };
+        let hosts = match looked_up {
             Err(e) => {
                 tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, error = %e, "MX lookup failed; delivery deferred");
                 return all(false, format!("MX lookup failed: {e}"), "4.4.3");
@@ -272,23 +282,22 @@ impl Deliverer {
             }
         };
 
-        let dane = me.resolver.dane(&job.domain).await;
+        let hosts = hosts_to_try(hosts, dane.as_deref());
         let mut failures: Vec<String> = Vec::new();
         let mut candidates: Vec<(String, TlsMode)> = Vec::new();
         for host in hosts {
-            match self.dane_for(&host, dane.as_deref()).await {
-                Ok(Some(records)) => {
+            match host_rule(dane.as_deref(), &host) {
+                HostRule::Dane(records) => {
                     // DANE wins over MTA-STS for this host, listed or not.
                     candidates.push((host, TlsMode::Dane(records)));
                     continue;
                 }
-                Ok(None) => {}
-                Err(why) => {
-                    // RFC 7672 §2.1.1: a failed TLSA lookup rules the host out.
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, result_type = "dnssec-invalid", "TLSA lookup failed (DNSSEC); MX host not used");
+                HostRule::MtaSts => {}
+                HostRule::Skip(why) => {
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, result_type = "dnssec-invalid", "MX host ruled out by DNSSEC (RFC 7672 §2.1.1); not used");
                     me.tlsrpt
                         .tlsa(&job.domain, &host, &[], None, None, Some("dnssec-invalid"));
-                    failures.push(format!("{host}: TLSA lookup failed: {why}"));
+                    failures.push(format!("{host}: {why}"));
                     continue;
                 }
             }
@@ -375,31 +384,6 @@ impl Deliverer {
                 )
             })
             .collect()
-    }
-
-    /// The TLSA records that govern `host`, if DANE applies to it; Err when
-    /// its DNSSEC status cannot be established.
-    async fn dane_for(
-        &self,
-        host: &str,
-        domain: Option<&DomainDane>,
-    ) -> Result<Option<Vec<crate::dns::TlsaRecord>>, String> {
-        match domain {
-            Some(DomainDane::Applies { hosts }) => Ok(hosts
-                .iter()
-                .find(|(h, _)| h == host)
-                .map(|(_, records)| records.clone())),
-            Some(DomainDane::NotApplicable(_)) => Ok(None),
-            // Unknown for the domain (a lookup failed or timed out): ask
-            // about this host alone.
-            Some(DomainDane::Indeterminate(_)) | None => {
-                match self.inner.resolver.dane_lookups().host(host).await.0 {
-                    HostDane::Tlsa(records) => Ok(Some(records)),
-                    HostDane::None(_) => Ok(None),
-                    HostDane::Indeterminate(e) => Err(e),
-                }
-            }
-        }
     }
 
     /// IPv4 then IPv6 addresses of an MX host, at most

@@ -16,6 +16,7 @@ use super::netstring::{encode, Decoder};
 use super::reply::{render_dane, render_with_mx};
 use super::MAX_REQUEST;
 use crate::config::DaneReply;
+use crate::dane::precedence::socketmap_may_defer_to_dane;
 use crate::dane::DomainDane;
 use crate::resolver::{is_enforcing, Answer};
 
@@ -53,8 +54,10 @@ impl Handler {
                 if map.dane != DaneReply::Off
                     && is_enforcing(p.policy.mode, map.testing_as_enforce) =>
             {
-                match self.resolver.dane(&p.domain).await.as_deref() {
-                    Some(DomainDane::Applies { .. }) => render_dane(map),
+                let status = self.resolver.dane(&p.domain).await;
+                let fall_back = map.dane != DaneReply::DaneOnly;
+                match status.as_deref() {
+                    d if socketmap_may_defer_to_dane(d, fall_back) => render_dane(map),
                     Some(DomainDane::Indeterminate(why)) => {
                         tracing::debug!(peer, domain = %p.domain, reason = %why, "DANE status unknown; MTA-STS answer");
                         None

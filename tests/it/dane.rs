@@ -131,7 +131,7 @@ async fn socketmap_lets_dane_win_over_mta_sts_only_when_dnssec_says_so() {
         "OK secure match=mx1.pkix.test servername=hostname"
     );
     // What the shared DANE lookups concluded, per case.
-    use mta_sts_agent::dane::DomainDane;
+    use mta_sts_agent::dane::{DomainDane, HostDane};
     let status = |d: &'static str| {
         let r = h.resolver.clone();
         async move { r.dane(d).await.expect("within the deadline") }
@@ -141,15 +141,21 @@ async fn socketmap_lets_dane_win_over_mta_sts_only_when_dnssec_says_so() {
         *status("insecure.test").await,
         DomainDane::NotApplicable(_)
     ));
+    // Bogus TLSA in a signed zone: the MX RRset is authenticated and its
+    // one host's TLSA status is unknown (that host is then not used).
+    let bogus = status("bogus.test").await;
     assert!(
-        matches!(*status("bogus.test").await, DomainDane::Indeterminate(_)),
-        "{:?}",
-        status("bogus.test").await
+        matches!(bogus.hosts(), Some([(h, HostDane::Indeterminate(_))]) if h == "mx1.bogus.test"),
+        "{bogus:?}"
     );
-    assert!(matches!(
-        *status("pkix.test").await,
-        DomainDane::NotApplicable(_)
-    ));
+    assert!(!bogus.applies());
+    // Unusable TLSA: authenticated MX RRset, no DANE for its host.
+    let pkix = status("pkix.test").await;
+    assert!(
+        matches!(pkix.hosts(), Some([(h, HostDane::None(_))]) if h == "mx1.pkix.test"),
+        "{pkix:?}"
+    );
+    assert!(!pkix.applies());
     drop(h);
 
     // The per-map choices.

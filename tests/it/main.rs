@@ -14,6 +14,8 @@ mod bench;
 mod check;
 mod daemon;
 mod dane;
+mod dane_attacker;
+mod dane_coalesce;
 mod discovery;
 mod durability;
 mod exact_mx;
