@@ -193,6 +193,14 @@ async fn the_daemon_starts_over_a_broken_policy_store() {
         expect_policy(&r.lookup("broken.test").await.unwrap());
     }
     let file = w.state_dir().join("policies.redb");
+    // The resolver's background tasks may hold the store (and its file
+    // lock) a moment after it is dropped; the daemon needs it free.
+    let free = crate::harness::eventually(std::time::Duration::from_secs(10), || {
+        let file = file.clone();
+        async move { redb::Database::open(&file).is_ok() }
+    })
+    .await;
+    assert!(free, "the test's own resolver still holds {}", file.display());
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.truncate(bytes.len() / 3);
     std::fs::write(&file, &bytes).unwrap();
