@@ -139,7 +139,8 @@ impl Postfix {
 
     /// A short name for namespaces and file names: `3_10_13`.
     pub fn tag(&self) -> String {
-        self.version.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        self.version
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
     }
 
     /// `program args…` of this Postfix. `visible`: the test's directory,
