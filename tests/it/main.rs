@@ -21,6 +21,7 @@ mod fleet;
 mod packaging;
 mod postfix_e2e;
 mod postfix_relay;
+mod postfix_style;
 mod postmap;
 mod proxy;
 mod relay;
