@@ -141,16 +141,7 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{port}:exact
 /// Writes a Postfix instance into `dir`: a main.cf for a client-only MTA
 /// (`client.test`, smtpd on 127.0.0.1:25, retries within seconds) followed by
 /// `extra`, a master.cf without chroot, and the queue and data directories.
-pub(crate) fn postfix_instance(dir: &Path, extra: &str) {
-    let system = Postfix {
-        version: String::new(),
-        root: None,
-    };
-    postfix_instance_for(&system, dir, extra)
-}
-
-/// [`postfix_instance`] for `pf`: the data directory belongs to the
-/// `postfix` user as `pf` numbers it.
+/// The data directory belongs to the `postfix` user as `pf` numbers it.
 pub(crate) fn postfix_instance_for(pf: &Postfix, dir: &Path, extra: &str) {
     let main_cf = format!(
         "compatibility_level = 3.6
@@ -223,6 +214,12 @@ struct Seen {
 /// `*.deep.test` policy; MX `a.b.deep.test` (preferred, two labels deep,
 /// valid certificate for its name) and `mx1.deep.test`.
 fn deliver_to_deep(postfix: &Postfix, map: MapConfig) -> Seen {
+    deliver_to_deep_until(postfix, map, None)
+}
+
+/// [`deliver_to_deep`], giving up early once Postfix has deferred the mail
+/// and logged `until_logged`.
+fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option<&str>) -> Seen {
     // Tests run in parallel: one namespace per delivery.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -344,6 +341,13 @@ fn deliver_to_deep(postfix: &Postfix, map: MapConfig) -> Seen {
         if counts.1 > 0 || counts.2 > 0 || started.elapsed() > Duration::from_secs(60) {
             break counts;
         }
+        // A deferral is final for this test once Postfix has logged why.
+        if let Some(needle) = until_logged {
+            let log = std::fs::read_to_string(pf.join("maillog")).unwrap_or_default();
+            if log.contains(needle) && log.contains("status=deferred") {
+                break counts;
+            }
+        }
         std::thread::sleep(Duration::from_millis(200));
     };
     let log = std::fs::read_to_string(pf.join("maillog")).unwrap_or_default();
@@ -415,6 +419,39 @@ fn plain_patterns_let_every_postfix_deliver_to_the_deep_mx() {
             "{pf}: expected the deep MX to get the mail; log:\n{}",
             seen.log
         );
+    }
+}
+
+/// Why the agent never sends the STS attributes to a Postfix it knows is
+/// older than 3.10: Postfix refuses the whole reply and defers the mail.
+#[test]
+fn postfix_before_3_10_defers_mail_on_sts_attributes() {
+    if !available() {
+        return;
+    }
+    let older: Vec<Postfix> = crate::support::postfix::all()
+        .into_iter()
+        .filter(|pf| !pf.at_least((3, 10, 0)))
+        .collect();
+    for pf in older {
+        let map = MapConfig {
+            tlsrpt: true,
+            ..MapConfig::default()
+        };
+        let refused = "invalid attribute name: \"policy_type\"";
+        let seen = deliver_to_deep_until(&pf, map, Some(refused));
+        assert_eq!(
+            (seen.deep_messages, seen.good_messages),
+            (0, 0),
+            "{pf}: {}",
+            seen.log
+        );
+        assert!(seen.log.contains(refused), "{pf}: {}", seen.log);
+        let adapted = postfix_version::adapt_maps(
+            &std::collections::BTreeMap::from([("m".to_string(), MapConfig::default())]),
+            postfix_version::PostfixVersion::parse(&pf.version),
+        );
+        assert!(!adapted["m"].tlsrpt, "{pf}: the agent would send them");
     }
 }
 
