@@ -22,6 +22,7 @@ mod packaging;
 mod postfix_e2e;
 mod postfix_relay;
 mod postfix_style;
+mod postfix_tlsrpt;
 mod postmap;
 mod proxy;
 mod relay;

@@ -524,7 +524,7 @@ fn every_postfix_is_rfc_exact_with_the_default_configuration() {
 }
 
 /// Hands one message to Postfix's smtpd inside the namespace.
-async fn submit(rcpt: &str) {
+pub(crate) async fn submit(rcpt: &str) {
     use tokio::io::AsyncBufReadExt as _;
     use tokio::io::{AsyncWriteExt, BufReader};
     let stream = tokio::net::TcpStream::connect("127.0.0.1:25")
