@@ -169,6 +169,9 @@ pub fn detect(command: &[String], deadline: Duration) -> Result<PostfixVersion, 
     })
 }
 
+/// `socketmap.postfix_version` that turns the adaptation off.
+pub const AS_CONFIGURED: &str = "as-configured";
+
 /// The version `socketmap.postfix_version` names: `auto` asks the local
 /// Postfix; None (with a warning) when that fails.
 pub fn configured(setting: &str, postconf: &[String]) -> Result<Option<PostfixVersion>, String> {
@@ -182,7 +185,7 @@ pub fn configured(setting: &str, postconf: &[String]) -> Result<Option<PostfixVe
         });
     }
     PostfixVersion::parse(setting).map(Some).ok_or_else(|| {
-        format!("socketmap.postfix_version: {setting:?} is neither \"auto\" nor a version like \"3.10.13\"")
+        format!("socketmap.postfix_version: {setting:?} is not \"auto\", \"{AS_CONFIGURED}\" or a version like \"3.10.13\"")
     })
 }
 
@@ -191,6 +194,15 @@ pub fn configured(setting: &str, postconf: &[String]) -> Result<Option<PostfixVe
 pub fn resolve(
     config: &crate::config::SocketmapConfig,
 ) -> Result<BTreeMap<String, MapConfig>, String> {
+    // The administrator's word: no adaptation. With neither match_current_mx
+    // nor tlsrpt, Postfix then reads `*.example.net` as any depth.
+    if config.postfix_version.trim() == AS_CONFIGURED {
+        tracing::info!(
+            setting = AS_CONFIGURED,
+            "socketmap reply style: each map exactly as configured"
+        );
+        return Ok(config.maps.clone());
+    }
     let version = configured(&config.postfix_version, &config.postconf_command)?;
     let style = style_for(version);
     match version {
@@ -317,5 +329,17 @@ mod tests {
             Ok(Some(PostfixVersion(3, 7, 11)))
         );
         assert!(configured("latest", &slow).is_err());
+        let mut sm = crate::config::SocketmapConfig {
+            postfix_version: AS_CONFIGURED.into(),
+            postconf_command: slow.clone(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        assert!(!resolve(&sm).unwrap()["postfix"].match_current_mx);
+        assert!(t.elapsed() < Duration::from_secs(1), "postconf was run");
+        sm.postfix_version = "3.7.11".into();
+        assert!(resolve(&sm).unwrap()["postfix"].match_current_mx);
+        sm.postfix_version = "newest".into();
+        assert!(resolve(&sm).is_err());
     }
 }

@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use mta_sts_agent::config::Config;
 
 use crate::harness::{self, World};
-use crate::socketmap::lookup;
+use crate::socketmap::{lookup, ENFORCE_REPLY};
 use crate::support::dns::{Fault, RecordType};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mta-sts-agent");
@@ -36,30 +36,13 @@ pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// The world's config with the socketmap on `127.0.0.1:port`.
-/// The daemon adapts its replies to the Postfix version; pinned, so that
-/// they do not depend on the machine's Postfix (3.7: `match=` with the
-/// current MX hosts the policy admits).
-pub(crate) const DAEMON_POSTFIX: &str = "postfix_version = \"3.7.11\"";
-
-/// What the daemon answers for `enforce.test` with [`set_enforce_mx`]: the
-/// MX host two labels under `*.mx.enforce.test` is left out (RFC 8461 §4.1).
-const DAEMON_ENFORCE_REPLY: &str =
-    "OK secure match=mx1.enforce.test:a.mx.enforce.test servername=hostname";
-
-fn set_enforce_mx(world: &World) {
-    world.dns.set_mx(
-        "enforce.test",
-        &[
-            (10, "mx1.enforce.test"),
-            (20, "a.mx.enforce.test"),
-            (30, "a.b.mx.enforce.test"),
-        ],
-    );
-}
+/// These tests are about the daemon, not the reply style it picks from the
+/// machine's Postfix (tests/it/postfix_style.rs): maps answer as configured.
+pub(crate) const AS_CONFIGURED: &str = "postfix_version = \"as-configured\"";
 
 pub(crate) fn daemon_config(world: &World, port: u16) -> String {
     format!(
-        "{}\n[socketmap]\nlisten = [\"127.0.0.1:{port}\"]\n{DAEMON_POSTFIX}\n",
+        "{}\n[socketmap]\nlisten = [\"127.0.0.1:{port}\"]\n{AS_CONFIGURED}\n",
         world.config_toml()
     )
 }
@@ -199,7 +182,6 @@ async fn policy_survives_restart(stop: Stop) {
         "1",
         &harness::policy("enforce", &["mx1.enforce.test", "*.mx.enforce.test"], 86400),
     );
-    set_enforce_mx(&world);
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = write_file(world.dir.path(), "agent.toml", &daemon_config(&world, port));
@@ -207,7 +189,7 @@ async fn policy_survives_restart(stop: Stop) {
     let mut first = Daemon::start(&config, addr, world.dir.path().join("run1.log")).await;
     assert_eq!(
         lookup(addr, "postfix", "enforce.test").await,
-        DAEMON_ENFORCE_REPLY,
+        ENFORCE_REPLY,
         "log:\n{}",
         first.log_text()
     );
@@ -231,7 +213,7 @@ async fn policy_survives_restart(stop: Stop) {
     let mut second = Daemon::start(&config, addr, world.dir.path().join("run2.log")).await;
     assert_eq!(
         lookup(addr, "postfix", "enforce.test").await,
-        DAEMON_ENFORCE_REPLY,
+        ENFORCE_REPLY,
         "after {stop:?} and restart; log:\n{}",
         second.log_text()
     );
@@ -256,7 +238,7 @@ async fn policy_survives_restart(stop: Stop) {
     );
     assert_eq!(
         lookup(addr, "postfix", "enforce.test").await,
-        DAEMON_ENFORCE_REPLY,
+        ENFORCE_REPLY,
         "still enforced after the failed re-check"
     );
     assert_eq!(
@@ -292,7 +274,6 @@ async fn query_prints_what_the_daemon_answers() {
         "1",
         &harness::policy("enforce", &["mx1.enforce.test", "*.mx.enforce.test"], 86400),
     );
-    set_enforce_mx(&world);
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = write_file(world.dir.path(), "agent.toml", &daemon_config(&world, port));
@@ -301,7 +282,7 @@ async fn query_prints_what_the_daemon_answers() {
     // No daemon is running.
     let out = run(&["--config", config_arg, "query", "enforce.test"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{DAEMON_ENFORCE_REPLY}\n"));
+    assert_eq!(text(&out.stdout), format!("{ENFORCE_REPLY}\n"));
     assert!(
         text(&out.stderr).contains("mode enforce"),
         "stderr explains the policy: {}",
@@ -331,10 +312,7 @@ async fn query_prints_what_the_daemon_answers() {
 
     // The daemon gives the same answer, from the policy `query` stored.
     let mut daemon = Daemon::start(&config, addr, world.dir.path().join("serve.log")).await;
-    assert_eq!(
-        lookup(addr, "postfix", "enforce.test").await,
-        DAEMON_ENFORCE_REPLY
-    );
+    assert_eq!(lookup(addr, "postfix", "enforce.test").await, ENFORCE_REPLY);
     assert_eq!(lookup(addr, "postfix", "nothing.test").await, "NOTFOUND ");
     assert_eq!(world.fetches("enforce.test"), 1, "served from the store");
 
@@ -342,7 +320,7 @@ async fn query_prints_what_the_daemon_answers() {
     // temporary in-memory cache).
     let out = run(&["--config", config_arg, "query", "enforce.test"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), format!("{DAEMON_ENFORCE_REPLY}\n"));
+    assert_eq!(text(&out.stdout), format!("{ENFORCE_REPLY}\n"));
     daemon.stop().await;
 }
 

@@ -83,8 +83,6 @@ async fn socket_activation_uses_the_passed_listener() {
         "1",
         &policy("enforce", &["mx.activated.test"], 86400),
     );
-    // The daemon checks the current MX hosts against the policy.
-    w.dns.set_mx("activated.test", &[(10, "mx.activated.test")]);
     let configured = free_port();
     let passed = free_port();
     let config = write_file(w.dir.path(), "agent.toml", &daemon_config(&w, configured));
@@ -137,8 +135,6 @@ async fn root_start_drops_to_the_configured_user() {
         "1",
         &policy("enforce", &["mx.dropped.test"], 86400),
     );
-    // The daemon checks the current MX hosts against the policy.
-    w.dns.set_mx("dropped.test", &[(10, "mx.dropped.test")]);
     // The temp dir is root's 0700 home for the test: let nobody reach the
     // state dir (and read the CA file) inside it.
     use std::os::unix::fs::PermissionsExt;
