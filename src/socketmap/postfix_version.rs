@@ -9,7 +9,9 @@
 //!   `mx_host_pattern=…`, the map's `tlsrpt` reply). With
 //!   `smtp_tls_enforce_sts_mx_patterns = yes` (its default) Postfix itself
 //!   skips MX hosts outside the patterns, one label per `*.`, and never
-//!   connects to them; TLS-RPT reporting comes with it.
+//!   connects to them; TLS-RPT reporting comes with it. `match=` lists the
+//!   admitted current MX hosts too, so that replies without the attributes
+//!   (overrides, oversized policies) are exact as well.
 //! - Any version: `match=` with the current MX hosts the policy admits
 //!   (the map's `match_current_mx`).
 //!
@@ -75,7 +77,9 @@ pub enum ReplyStyle {
 impl std::fmt::Display for ReplyStyle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            ReplyStyle::StsAttributes => "STS attributes (policy_type=sts, mx_host_pattern=...)",
+            ReplyStyle::StsAttributes => {
+                "STS attributes (policy_type=sts, mx_host_pattern=...) and match= with the current MX hosts the policy admits"
+            }
             ReplyStyle::CurrentMx => "match= with the current MX hosts the policy admits",
         })
     }
@@ -102,7 +106,14 @@ pub fn adapt_maps(
         .map(|(name, map)| {
             let mut m = map.clone();
             match style {
-                ReplyStyle::StsAttributes => m.tlsrpt = true,
+                // match= from the current MX hosts as well: overrides and
+                // policies too large for the attributes get none, and an
+                // administrator may have set
+                // smtp_tls_enforce_sts_mx_patterns = no.
+                ReplyStyle::StsAttributes => {
+                    m.tlsrpt = true;
+                    m.match_current_mx = true;
+                }
                 ReplyStyle::CurrentMx => m.match_current_mx = true,
             }
             if let Some(v) = version {
@@ -294,7 +305,7 @@ mod tests {
             &BTreeMap::from([("d".to_string(), MapConfig::default())]),
             Some(PostfixVersion(3, 10, 13)),
         );
-        assert!(new["d"].tlsrpt && !new["d"].match_current_mx && new["d"].servername);
+        assert!(new["d"].tlsrpt && new["d"].match_current_mx && new["d"].servername);
     }
 
     #[test]
