@@ -463,6 +463,14 @@ pub struct SocketmapConfig {
     pub request_timeout: Duration,
     /// Maps by name (`socketmap:inet:127.0.0.1:8461:NAME` in Postfix).
     pub maps: BTreeMap<String, MapConfig>,
+    /// The Postfix that asks: `auto` (read the local one's version with
+    /// `postconf -dh mail_version` at start) or its version, e.g.
+    /// `3.7.11`, for a Postfix on another host. Picks how every map holds
+    /// MX hosts to the policy (see `socketmap::postfix_version`).
+    pub postfix_version: String,
+    /// How `auto` runs `postconf` (add `-c DIR` for another instance, or a
+    /// chroot/container wrapper).
+    pub postconf_command: Vec<String>,
 }
 
 impl Default for SocketmapConfig {
@@ -478,6 +486,8 @@ impl Default for SocketmapConfig {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             maps,
+            postfix_version: "auto".to_string(),
+            postconf_command: vec!["postconf".to_string()],
         }
     }
 }

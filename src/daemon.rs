@@ -76,6 +76,10 @@ pub async fn serve(config: Config, source: String) -> Result<(), String> {
     // Signal handlers go in before the listeners open, so a SIGTERM that
     // arrives as soon as the port answers is still a graceful stop.
     let signals = Signals::install()?;
+    // Every map holds MX hosts to the policy in the style the asking Postfix
+    // understands; decided once, before any lookup is answered.
+    let mut config = config;
+    config.socketmap.maps = crate::socketmap::postfix_version::resolve(&config.socketmap)?;
     // Bind everything first (a port below 1024 or a root-owned socket
     // directory may need root), then drop privileges, then open the store
     // so that its files belong to the unprivileged user.

@@ -3,11 +3,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use mta_sts_agent::config::MapConfig;
 use mta_sts_agent::control::{self, Request, Response};
 use mta_sts_agent::daemon::{self, LogFormat};
 use mta_sts_agent::resolver::{Answer, Resolver};
-use mta_sts_agent::socketmap::reply::render;
+use mta_sts_agent::socketmap::connection::Handler;
 
 /// sysexits.h EX_CONFIG, as mail software uses for configuration errors.
 const EX_CONFIG: u8 = 78;
@@ -205,17 +204,29 @@ async fn query(
     domain: &str,
     map: &str,
 ) -> Result<(), String> {
-    let map_config: MapConfig = config.socketmap.maps.get(map).cloned().ok_or_else(|| {
+    if !config.socketmap.maps.contains_key(map) {
         let known: Vec<&str> = config.socketmap.maps.keys().map(String::as_str).collect();
-        format!(
+        return Err(format!(
             "no map named '{map}'; configured maps: {}",
             known.join(", ")
-        )
-    })?;
+        ));
+    }
     let store = daemon::open_store(&config, true)?;
     let resolver = Resolver::from_config(&config, store)?;
+    // The daemon's own answer: maps adapted to the Postfix version, the MX
+    // check and DANE included.
+    let handler = Handler {
+        resolver: resolver.clone(),
+        maps: mta_sts_agent::socketmap::postfix_version::resolve(&config.socketmap)?,
+        idle_timeout: config.socketmap.idle_timeout,
+    };
+    println!(
+        "{}",
+        handler
+            .answer(format!("{map} {domain}").as_bytes(), "query")
+            .await
+    );
     let answer = resolver.lookup(domain).await;
-    println!("{}", render(&answer, &map_config));
     match &answer {
         Ok(Answer::Policy(p)) => {
             let mx: Vec<String> = p.policy.mx.iter().map(|m| m.to_string()).collect();

@@ -3,11 +3,13 @@
 //!
 //! - `netstring`: the wire framing, pure.
 //! - `reply`: what Postfix is told for each answer of the resolver, pure.
+//! - `postfix_version`: which reply style the asking Postfix understands.
 //! - `connection`: one client connection, its limits and timeouts.
 //! - `server`: listeners (TCP v4/v6, unix), the connection cap, shutdown.
 
 pub mod connection;
 pub mod netstring;
+pub mod postfix_version;
 pub mod reply;
 pub mod server;
 

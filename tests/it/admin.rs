@@ -85,7 +85,11 @@ async fn query_command_applies_overrides_and_logs_the_reason() {
     let config = write_file(
         w.dir.path(),
         "agent.toml",
-        &format!("{}{OVERRIDES}", w.config_toml()),
+        &format!(
+            "{}{OVERRIDES}\n[socketmap]\n{}\n",
+            w.config_toml(),
+            crate::daemon::AS_CONFIGURED
+        ),
     );
     let out = run(&["--config", config.to_str().unwrap(), "query", "pinned.test"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));

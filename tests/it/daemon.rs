@@ -36,9 +36,13 @@ pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// The world's config with the socketmap on `127.0.0.1:port`.
+/// These tests are about the daemon, not the reply style it picks from the
+/// machine's Postfix (tests/it/postfix_style.rs): maps answer as configured.
+pub(crate) const AS_CONFIGURED: &str = "postfix_version = \"as-configured\"";
+
 pub(crate) fn daemon_config(world: &World, port: u16) -> String {
     format!(
-        "{}\n[socketmap]\nlisten = [\"127.0.0.1:{port}\"]\n",
+        "{}\n[socketmap]\nlisten = [\"127.0.0.1:{port}\"]\n{AS_CONFIGURED}\n",
         world.config_toml()
     )
 }

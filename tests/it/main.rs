@@ -27,6 +27,8 @@ mod limits;
 mod packaging;
 mod postfix_e2e;
 mod postfix_relay;
+mod postfix_style;
+mod postfix_tlsrpt;
 mod postmap;
 mod privdrop;
 mod proxy;

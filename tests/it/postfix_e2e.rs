@@ -1,5 +1,6 @@
-//! A real Postfix (Debian's, 3.7) relaying to fixture MX hosts, asking our
-//! socketmap for its TLS policy. Everything runs in a private network
+//! A real Postfix relaying to fixture MX hosts, asking our socketmap for its
+//! TLS policy: every version the machine has (Debian 12's 3.7 from the
+//! system, 3.10 and 3.11 from Debian roots, see `support::postfix`). Everything runs in a private network
 //! namespace: Postfix resolves MX records through /etc/resolv.conf (which
 //! `ip netns exec` points at the fixture DNS on 127.0.0.1:53) and delivers on
 //! port 25 to fixture MX servers on their own 127.0.0.x addresses.
@@ -7,7 +8,9 @@
 //! The flaw being tested: Postfix reads `match=.deep.test` as "any depth",
 //! so under a `*.deep.test` policy it would deliver to `a.b.deep.test`.
 //! With `match_current_mx` it must refuse that MX and deliver to the
-//! one-label match instead.
+//! one-label match instead; with the STS attributes (Postfix >= 3.10.5) it
+//! must not even connect to it; and with the defaults, on every version,
+//! the deep MX never gets the mail.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -15,11 +18,13 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mta_sts_agent::config::{Config, MapConfig};
+use mta_sts_agent::config::{Config, MapConfig, SocketmapConfig};
+use mta_sts_agent::socketmap::postfix_version;
 
 use crate::support::ca::TestCa;
 use crate::support::dns::DnsServer;
 use crate::support::https::{Behavior, PolicyHosts};
+use crate::support::postfix::Postfix;
 use crate::support::smtp::{SmtpOptions, SmtpServer};
 
 /// Postfix and namespaces need root and Postfix's binaries; CI has both.
@@ -50,6 +55,9 @@ pub(crate) fn run(cmd: &mut Command) {
 pub(crate) struct Cleanup {
     pub ns: String,
     pub postfix_dir: Option<PathBuf>,
+    /// Which Postfix runs `postfix_dir`, and the directory it must see
+    /// (None: the system's).
+    pub postfix: Option<(Postfix, PathBuf)>,
 }
 
 /// Creates network namespace `ns` with `lo` up and a resolv.conf naming
@@ -58,6 +66,7 @@ pub(crate) fn add_netns(ns: &str) -> Cleanup {
     let cleanup = Cleanup {
         ns: ns.to_string(),
         postfix_dir: None,
+        postfix: None,
     };
     run(Command::new("ip").args(["netns", "add", ns]));
     run(Command::new("ip").args(["netns", "exec", ns, "ip", "link", "set", "lo", "up"]));
@@ -79,11 +88,15 @@ pub(crate) fn enter_netns(ns: &str) {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(dir) = &self.postfix_dir {
-            let _ = Command::new("ip")
-                .args(["netns", "exec", &self.ns, "postfix", "-c"])
-                .arg(dir)
-                .arg("stop")
-                .output();
+            let mut stop = match &self.postfix {
+                Some((pf, visible)) => pf.command("postfix", visible, None, Some(&self.ns)),
+                None => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", &self.ns, "postfix"]);
+                    c
+                }
+            };
+            let _ = stop.arg("-c").arg(dir).arg("stop").output();
             // Nothing of this instance may survive the test: Postfix's
             // processes carry MAIL_CONFIG=<dir> in their environment.
             let needle = format!("MAIL_CONFIG={}", dir.display());
@@ -113,7 +126,7 @@ enum Ask {
     Stop,
 }
 
-fn postfix_config(dir: &Path, ca: &Path, port: u16) {
+fn postfix_config(pf: &Postfix, dir: &Path, ca: &Path, port: u16) {
     let tls = format!(
         "smtp_tls_security_level = may
 smtp_tls_CAfile = {ca}
@@ -122,13 +135,14 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{port}:exact
 ",
         ca = ca.display()
     );
-    postfix_instance(dir, &tls);
+    postfix_instance_for(pf, dir, &tls);
 }
 
 /// Writes a Postfix instance into `dir`: a main.cf for a client-only MTA
 /// (`client.test`, smtpd on 127.0.0.1:25, retries within seconds) followed by
 /// `extra`, a master.cf without chroot, and the queue and data directories.
-pub(crate) fn postfix_instance(dir: &Path, extra: &str) {
+/// The data directory belongs to the `postfix` user as `pf` numbers it.
+pub(crate) fn postfix_instance_for(pf: &Postfix, dir: &Path, extra: &str) {
     let main_cf = format!(
         "compatibility_level = 3.6
 myhostname = client.test
@@ -182,15 +196,34 @@ smtp_connect_timeout = 5s
     // Postfix creates the queue's subdirectories itself, not the queue.
     std::fs::create_dir_all(dir.join("queue")).unwrap();
     std::fs::create_dir_all(dir.join("data")).unwrap();
-    run(Command::new("chown").arg("postfix").arg(dir.join("data")));
+    let (uid, gid) = pf.postfix_ids();
+    run(Command::new("chown")
+        .arg(format!("{uid}:{gid}"))
+        .arg(dir.join("data")));
 }
 
-#[test]
-fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
-    if !available() {
-        return;
-    }
-    let ns = format!("mtsts{}", std::process::id());
+/// What one delivery to `user@deep.test` through `pf` did, the socketmap
+/// answering with `map`.
+struct Seen {
+    deep_connections: usize,
+    deep_messages: usize,
+    good_messages: usize,
+    log: String,
+}
+
+/// `*.deep.test` policy; MX `a.b.deep.test` (preferred, two labels deep,
+/// valid certificate for its name) and `mx1.deep.test`.
+fn deliver_to_deep(postfix: &Postfix, map: MapConfig) -> Seen {
+    deliver_to_deep_until(postfix, map, None)
+}
+
+/// [`deliver_to_deep`], giving up early once Postfix has deferred the mail
+/// and logged `until_logged`.
+fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option<&str>) -> Seen {
+    // Tests run in parallel: one namespace per delivery.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = format!("mtsts{}r{run_no}v{}", std::process::id(), postfix.tag());
     let mut cleanup = add_netns(&ns);
 
     let dir = tempfile::tempdir().unwrap();
@@ -252,16 +285,7 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
             config.fetch.ca_file_only = true;
             config.cache.mx_min_ttl = Duration::ZERO;
             config.socketmap.listen = vec![format!("127.0.0.1:{agent_port}")];
-            config.socketmap.maps.insert(
-                "exact".into(),
-                MapConfig {
-                    testing_as_enforce: false,
-                    servername: true,
-                    match_current_mx: true,
-                    tlsrpt: false,
-                    dane: Default::default(),
-                },
-            );
+            config.socketmap.maps.insert("exact".into(), map);
             let store = mta_sts_agent::daemon::open_store(&config, false).unwrap();
             let resolver = mta_sts_agent::resolver::Resolver::from_config(&config, store).unwrap();
             let listeners = mta_sts_agent::socketmap::bind(&config).await.unwrap();
@@ -297,21 +321,32 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
 
     let pf = base.join("postfix");
     std::fs::create_dir_all(&pf).unwrap();
-    postfix_config(&pf, &ca_path, agent_port);
+    postfix_config(postfix, &pf, &ca_path, agent_port);
+    let resolv = base.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
     cleanup.postfix_dir = Some(pf.clone());
-    run(Command::new("ip")
-        .args(["netns", "exec", &ns, "postfix", "-c"])
+    cleanup.postfix = Some((postfix.clone(), base.clone()));
+    run(postfix
+        .command("postfix", &base, Some(&resolv), Some(&ns))
+        .arg("-c")
         .arg(&pf)
         .arg("start"));
 
     ask_tx.send(Ask::Submit("user@deep.test".into())).unwrap();
     let started = Instant::now();
-    let (deep_conns, deep_msgs, good_msgs) = loop {
+    let (deep_connections, deep_messages, good_messages) = loop {
         let (tx, rx) = mpsc::channel();
         ask_tx.send(Ask::Counts(tx)).unwrap();
         let counts = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         if counts.1 > 0 || counts.2 > 0 || started.elapsed() > Duration::from_secs(60) {
             break counts;
+        }
+        // A deferral is final for this test once Postfix has logged why.
+        if let Some(needle) = until_logged {
+            let log = std::fs::read_to_string(pf.join("maillog")).unwrap_or_default();
+            if log.contains(needle) && log.contains("status=deferred") {
+                break counts;
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -320,22 +355,176 @@ fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
     let _ = fixtures.join();
     drop(cleanup);
 
+    Seen {
+        deep_connections,
+        deep_messages,
+        good_messages,
+        log,
+    }
+}
+
+fn current_mx_map() -> MapConfig {
+    MapConfig {
+        testing_as_enforce: false,
+        servername: true,
+        match_current_mx: true,
+        tlsrpt: false,
+        dane: Default::default(),
+    }
+}
+
+/// Every Postfix delivered to the one-label MX, never to the deep one.
+fn assert_rfc_exact(pf: &Postfix, seen: &Seen) {
+    let log = &seen.log;
     assert_eq!(
-        good_msgs, 1,
-        "the one-label MX did not get the message; Postfix log:\n{log}"
+        seen.good_messages, 1,
+        "{pf}: the one-label MX did not get the message; Postfix log:\n{log}"
     );
     assert_eq!(
-        deep_msgs, 0,
-        "the two-labels-deep MX got the message; Postfix log:\n{log}"
-    );
-    assert!(
-        deep_conns >= 1,
-        "Postfix never tried the preferred (deep) MX; log:\n{log}"
+        seen.deep_messages, 0,
+        "{pf}: the two-labels-deep MX got the message; Postfix log:\n{log}"
     );
 }
 
+#[test]
+fn real_postfix_refuses_a_two_labels_deep_mx_under_a_wildcard() {
+    if !available() {
+        return;
+    }
+    for pf in crate::support::postfix::all() {
+        let seen = deliver_to_deep(&pf, current_mx_map());
+        assert_rfc_exact(&pf, &seen);
+        assert!(
+            seen.deep_connections >= 1,
+            "{pf}: Postfix never tried the preferred (deep) MX; log:\n{}",
+            seen.log
+        );
+    }
+}
+
+/// The defect, live: the policy's patterns alone (`match=.deep.test`, what
+/// this agent answered by default before it adapted to the Postfix version)
+/// let every Postfix deliver to the two-labels-deep MX. Also shows that the
+/// fixture can tell the styles apart.
+#[test]
+fn plain_patterns_let_every_postfix_deliver_to_the_deep_mx() {
+    if !available() {
+        return;
+    }
+    for pf in crate::support::postfix::all() {
+        let seen = deliver_to_deep(&pf, MapConfig::default());
+        assert_eq!(
+            (seen.deep_messages, seen.good_messages),
+            (1, 0),
+            "{pf}: expected the deep MX to get the mail; log:\n{}",
+            seen.log
+        );
+    }
+}
+
+/// Why the agent never sends the STS attributes to a Postfix it knows is
+/// older than 3.10: Postfix refuses the whole reply and defers the mail.
+#[test]
+fn postfix_before_3_10_defers_mail_on_sts_attributes() {
+    if !available() {
+        return;
+    }
+    let older: Vec<Postfix> = crate::support::postfix::all()
+        .into_iter()
+        .filter(|pf| !pf.at_least((3, 10, 0)))
+        .collect();
+    for pf in older {
+        let map = MapConfig {
+            tlsrpt: true,
+            ..MapConfig::default()
+        };
+        let refused = "invalid attribute name: \"policy_type\"";
+        let seen = deliver_to_deep_until(&pf, map, Some(refused));
+        assert_eq!(
+            (seen.deep_messages, seen.good_messages),
+            (0, 0),
+            "{pf}: {}",
+            seen.log
+        );
+        assert!(seen.log.contains(refused), "{pf}: {}", seen.log);
+        let adapted = postfix_version::adapt_maps(
+            &std::collections::BTreeMap::from([("m".to_string(), MapConfig::default())]),
+            postfix_version::PostfixVersion::parse(&pf.version),
+        );
+        assert!(!adapted["m"].tlsrpt, "{pf}: the agent would send them");
+    }
+}
+
+/// Postfix >= 3.10.5 takes our STS attributes (the `tlsrpt` reply) and
+/// holds MX hosts to `mx_host_pattern` itself: the deep MX is never even
+/// contacted. This is also the live check that Postfix 3.10 and 3.11 accept
+/// the reply (a rejected one would defer the mail).
+#[test]
+fn postfix_3_10_with_sts_attributes_never_contacts_an_unlisted_mx() {
+    if !available() {
+        return;
+    }
+    let newer: Vec<Postfix> = crate::support::postfix::all()
+        .into_iter()
+        .filter(|pf| pf.at_least((3, 10, 5)))
+        .collect();
+    if newer.is_empty() {
+        println!("skipped: no Postfix 3.10.5 or later (contrib/ci/postfix-roots)");
+        return;
+    }
+    for pf in newer {
+        let map = MapConfig {
+            tlsrpt: true,
+            ..MapConfig::default()
+        };
+        let seen = deliver_to_deep(&pf, map);
+        assert_rfc_exact(&pf, &seen);
+        assert_eq!(
+            seen.deep_connections, 0,
+            "{pf}: Postfix connected to an MX outside the policy; log:\n{}",
+            seen.log
+        );
+    }
+}
+
+/// The quick start's configuration (no map option set) on every version:
+/// the daemon's own choice of reply style, from that Postfix's
+/// `postconf -dh mail_version`, keeps the mail away from the deep MX.
+#[test]
+fn every_postfix_is_rfc_exact_with_the_default_configuration() {
+    if !available() {
+        return;
+    }
+    for pf in crate::support::postfix::all() {
+        let postconf = match &pf.root {
+            Some(root) => vec![
+                "chroot".to_string(),
+                root.display().to_string(),
+                "/usr/sbin/postconf".to_string(),
+            ],
+            None => vec!["/usr/sbin/postconf".to_string()],
+        };
+        let socketmap = SocketmapConfig {
+            postconf_command: postconf,
+            ..SocketmapConfig::default()
+        };
+        assert_eq!(socketmap.postfix_version, "auto");
+        let maps = postfix_version::resolve(&socketmap).expect("resolve the maps");
+        let map = maps["postfix"].clone();
+        let seen = deliver_to_deep(&pf, map);
+        assert_rfc_exact(&pf, &seen);
+        if pf.at_least((3, 10, 5)) {
+            assert_eq!(
+                seen.deep_connections, 0,
+                "{pf}: the default reply let Postfix connect to the deep MX; log:\n{}",
+                seen.log
+            );
+        }
+    }
+}
+
 /// Hands one message to Postfix's smtpd inside the namespace.
-async fn submit(rcpt: &str) {
+pub(crate) async fn submit(rcpt: &str) {
     use tokio::io::AsyncBufReadExt as _;
     use tokio::io::{AsyncWriteExt, BufReader};
     let stream = tokio::net::TcpStream::connect("127.0.0.1:25")

@@ -1,4 +1,5 @@
-//! A real Postfix (Debian's, 3.7) as the upstream MTA of our relay, set up
+//! A real Postfix (each version the machine has: Debian 12's 3.7, and 3.10
+//! and 3.11 from Debian roots) as the upstream MTA of our relay, set up
 //! with the lines of `contrib/postfix/relayhost.cf.snippet` as shipped. In
 //! a private network namespace: Postfix takes a message on 127.0.0.1:25 and
 //! hands it to our relay on 127.0.0.1:10025 (running in this process, on a
@@ -12,7 +13,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,9 @@ use mta_sts_agent::config::Config;
 use mta_sts_agent::relay::Relay;
 
 use crate::harness::{eventually, policy, World};
-use crate::postfix_e2e::{add_netns, available, enter_netns, postfix_instance, run};
+use crate::postfix_e2e::{add_netns, available, enter_netns, postfix_instance_for, run};
 use crate::relay::{message, relay_toml, submit};
+use crate::support::postfix::Postfix;
 use crate::support::smtp::{ReceivedMessage, SmtpOptions, SmtpServer};
 
 const DOMAIN: &str = "enforce.test";
@@ -41,6 +42,12 @@ fn postfix_relayhost_snippet_hands_mail_to_the_relay_which_enforces_mta_sts() {
     if !available() {
         return;
     }
+    for pf in crate::support::postfix::all() {
+        relay_through(&pf);
+    }
+}
+
+fn relay_through(postfix: &Postfix) {
     let started = Instant::now();
     let snippet_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/postfix/relayhost.cf.snippet");
@@ -52,7 +59,7 @@ fn postfix_relayhost_snippet_hands_mail_to_the_relay_which_enforces_mta_sts() {
         "the snippet no longer points at [127.0.0.1]:10025; update this test"
     );
 
-    let ns = format!("mtstsrelay{}", std::process::id());
+    let ns = format!("mtstsrelay{}v{}", std::process::id(), postfix.tag());
     let mut cleanup = add_netns(&ns);
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_path_buf();
@@ -163,10 +170,14 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
 # contrib/postfix/relayhost.cf.snippet as shipped:
 {snippet}"
     );
-    postfix_instance(&pf, &main_cf);
+    postfix_instance_for(postfix, &pf, &main_cf);
+    let resolv = base.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
     cleanup.postfix_dir = Some(pf.clone());
-    run(Command::new("ip")
-        .args(["netns", "exec", &ns, "postfix", "-c"])
+    cleanup.postfix = Some((postfix.clone(), base.clone()));
+    run(postfix
+        .command("postfix", &base, Some(&resolv), Some(&ns))
+        .arg("-c")
         .arg(&pf)
         .arg("start"));
     go_tx.send(()).unwrap();
@@ -175,7 +186,7 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
     let log = std::fs::read_to_string(pf.join("maillog")).unwrap_or_default();
     drop(cleanup);
     let outcome = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    println!("Postfix → relay → MX took {:?}", started.elapsed());
+    println!("{postfix} → relay → MX took {:?}", started.elapsed());
 
     assert_eq!(
         outcome.submit_reply.0, 250,

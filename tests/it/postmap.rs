@@ -1,12 +1,15 @@
 //! Postfix's own socketmap client (`postmap -q`) against our server: proves
-//! the wire format and reply syntax are what Postfix's `dict_sockmap` reads.
+//! the wire format and reply syntax are what Postfix's `dict_sockmap` reads,
+//! for every Postfix the machine has (3.7, 3.10, 3.11: `support::postfix`).
+//! Whether a running Postfix accepts the value is shown with real mail in
+//! `postfix_e2e.rs`.
 //!
 //! `postmap` does not interpret the value; the SMTP client's
 //! `tls_policy_lookup_one()` does. [`postfix_policy`] re-implements that
 //! parser (Postfix 3.7's, and the TLSRPT-aware one of Postfix >= 3.10) so
 //! that the value Postfix received is checked the way Postfix reads it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -17,34 +20,16 @@ use mta_sts_agent::config::MapConfig;
 
 use crate::harness::World;
 use crate::socketmap::{config_listening, publish_standard, Server};
+use crate::support::postfix::Postfix;
 
 const INSTALL_HINT: &str = "postmap not found; install Postfix: echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix";
 
 const ENFORCE_VALUE: &str = "secure match=mx1.enforce.test:.mx.enforce.test servername=hostname";
 
-/// `/usr/sbin/postmap`, else `postmap` on PATH. Without it: a panic under CI,
-/// else a note and `None` (the test returns early).
-fn postmap() -> Option<PathBuf> {
-    let fixed = Path::new("/usr/sbin/postmap");
-    if fixed.is_file() {
-        return Some(fixed.to_path_buf());
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("postmap"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var_os("CI").is_some() {
-            panic!("postmap not found: apt-get install postfix");
-        }
-        println!("{INSTALL_HINT}");
-    }
-    found
-}
-
-/// A Postfix config dir of our own for `postmap -c`. main.cf is back-dated:
-/// Postfix waits ~1.5 s when main.cf is younger than a second.
+/// A Postfix config dir of our own for `postmap -c`, under the world's
+/// directory (which each Postfix from a root sees at the same path).
+/// main.cf is back-dated: Postfix waits ~1.5 s when main.cf is younger than
+/// a second.
 fn postfix_dir(world: &World) -> PathBuf {
     let dir = world.dir.path().join("postfix");
     std::fs::create_dir_all(&dir).expect("create the postfix config dir");
@@ -64,18 +49,23 @@ fn postfix_dir(world: &World) -> PathBuf {
 
 /// A running server with the `postfix` map, a `noname` map
 /// (servername = false) and a `tlsrpt` map (tlsrpt = true), plus the
-/// Postfix side.
+/// Postfix side: every Postfix version the machine has, each asked the
+/// same questions, each expected to read the same values.
 struct Setup {
     world: World,
     _server: Server,
-    postmap: PathBuf,
+    postfixes: Vec<Postfix>,
     conf: PathBuf,
     port: u16,
 }
 
 impl Setup {
     async fn new() -> Option<Setup> {
-        let postmap = postmap()?;
+        let postfixes = crate::support::postfix::all();
+        if postfixes.is_empty() {
+            println!("{INSTALL_HINT}");
+            return None;
+        }
         let world = World::new().await;
         publish_standard(&world);
         let mut config = config_listening(&world, &["127.0.0.1:0"]);
@@ -103,7 +93,7 @@ impl Setup {
         Some(Setup {
             world,
             _server: server,
-            postmap,
+            postfixes,
             conf,
             port,
         })
@@ -113,10 +103,11 @@ impl Setup {
         format!("socketmap:inet:127.0.0.1:{}:{map}", self.port)
     }
 
-    /// `postmap -c DIR -q KEY socketmap:inet:127.0.0.1:PORT:MAP`; with `key`
-    /// `-`, the keys are read from `stdin`, one a line.
-    async fn query(&self, key: &str, map: &str, stdin: &str) -> Output {
-        let mut child = Command::new(&self.postmap)
+    /// `postmap -c DIR -q KEY socketmap:inet:127.0.0.1:PORT:MAP` of `pf`;
+    /// with `key` `-`, the keys are read from `stdin`, one a line.
+    async fn query_one(&self, pf: &Postfix, key: &str, map: &str, stdin: &str) -> Output {
+        let mut cmd = Command::from(pf.command("postmap", &self.conf, None, None));
+        let mut child = cmd
             .arg("-c")
             .arg(&self.conf)
             .arg("-q")
@@ -136,8 +127,18 @@ impl Setup {
         drop(input);
         tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
             .await
-            .unwrap_or_else(|_| panic!("postmap -q {key} did not finish in 20 s"))
+            .unwrap_or_else(|_| panic!("{pf}: postmap -q {key} did not finish in 20 s"))
             .expect("collect postmap output")
+    }
+
+    /// [`Setup::query_one`] on every Postfix; the outputs, each with its
+    /// Postfix.
+    async fn query(&self, key: &str, map: &str, stdin: &str) -> Vec<(Postfix, Output)> {
+        let mut out = Vec::new();
+        for pf in &self.postfixes {
+            out.push((pf.clone(), self.query_one(pf, key, map, stdin).await));
+        }
+        out
     }
 
     /// Expects `key` to be found with exactly `value`.
@@ -149,34 +150,43 @@ impl Setup {
         );
     }
 
-    /// The value Postfix received for `key`, which must be found.
+    /// The value every Postfix received for `key`, which must be found and
+    /// be the same for all.
     async fn found(&self, key: &str, map: &str) -> String {
-        let out = self.query(key, map, "").await;
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "postmap -q {key} ({map}): {stdout}{stderr}"
-        );
-        assert_eq!(stderr, "", "postmap -q {key} ({map}) warned");
-        stdout
-            .strip_suffix('\n')
-            .unwrap_or_else(|| panic!("postmap -q {key} ({map}): {stdout:?}"))
-            .to_string()
+        let mut value: Option<String> = None;
+        for (pf, out) in self.query(key, map, "").await {
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{pf}: postmap -q {key} ({map}): {stdout}{stderr}"
+            );
+            assert_eq!(stderr, "", "{pf}: postmap -q {key} ({map}) warned");
+            let this = stdout
+                .strip_suffix('\n')
+                .unwrap_or_else(|| panic!("{pf}: postmap -q {key} ({map}): {stdout:?}"))
+                .to_string();
+            if let Some(v) = &value {
+                assert_eq!(&this, v, "{pf} read another value than the others");
+            }
+            value = Some(this);
+        }
+        value.expect("at least one Postfix")
     }
 
-    /// Expects `key` to be not found: exit 1, no output, no warning (a
-    /// protocol error would be a warning and a fatal on stderr).
+    /// Expects `key` to be not found by every Postfix: exit 1, no output, no
+    /// warning (a protocol error would be a warning and a fatal on stderr).
     async fn expect_not_found(&self, key: &str, map: &str) {
-        let out = self.query(key, map, "").await;
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "postmap -q {key} ({map}): {stdout}{stderr}"
-        );
-        assert_eq!(stdout, "", "postmap -q {key} ({map})");
-        assert_eq!(stderr, "", "postmap -q {key} ({map}) warned");
+        for (pf, out) in self.query(key, map, "").await {
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{pf}: postmap -q {key} ({map}): {stdout}{stderr}"
+            );
+            assert_eq!(stdout, "", "{pf}: postmap -q {key} ({map})");
+            assert_eq!(stderr, "", "{pf}: postmap -q {key} ({map}) warned");
+        }
     }
 }
 
@@ -236,29 +246,33 @@ async fn postmap_keys_from_stdin_and_unknown_map() {
         return;
     };
     // `-q -` reads keys from stdin and prints `key<TAB>value` for each found.
-    let out = setup
+    for (pf, out) in setup
         .query(
             "-",
             "postfix",
             "testing.test\nenforce.test\n[192.0.2.1]\nnothing.test\nenforce.test\n",
         )
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        text(&out.stdout),
-        format!("enforce.test\t{ENFORCE_VALUE}\nenforce.test\t{ENFORCE_VALUE}\n")
-    );
-    assert_eq!(text(&out.stderr), "");
+        .await
+    {
+        assert_eq!(out.status.code(), Some(0), "{pf}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            format!("enforce.test\t{ENFORCE_VALUE}\nenforce.test\t{ENFORCE_VALUE}\n"),
+            "{pf}"
+        );
+        assert_eq!(text(&out.stderr), "", "{pf}");
+    }
 
     // A PERM reply reaches Postfix as a table error with our reason.
-    let out = setup.query("enforce.test", "nomap", "").await;
-    let stderr = text(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(out.stdout.is_empty());
-    assert!(
-        stderr.contains("permanent error") && stderr.contains("unknown map 'nomap'"),
-        "{stderr}"
-    );
+    for (pf, out) in setup.query("enforce.test", "nomap", "").await {
+        let stderr = text(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{pf}: {stderr}");
+        assert!(out.stdout.is_empty(), "{pf}");
+        assert!(
+            stderr.contains("permanent error") && stderr.contains("unknown map 'nomap'"),
+            "{pf}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,13 @@ async fn policy_fetch_goes_through_https_proxy() {
     // The proxy knows nothing of the fixture DNS: it tunnels to the policy hosts.
     let proxy = ConnectProxy::start(w.hosts.addr).await;
     let config = w.dir.path().join("agent.toml");
-    std::fs::write(&config, w.config_toml()).expect("write config");
+    // About the proxy, not the reply style the machine's Postfix would get.
+    let text = format!(
+        "{}\n[socketmap]\n{}\n",
+        w.config_toml(),
+        crate::daemon::AS_CONFIGURED
+    );
+    std::fs::write(&config, text).expect("write config");
 
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-agent"))
         .arg("--config")

@@ -4,6 +4,7 @@
 //! * [`dns`]: an authoritative DNS server on loopback (UDP and TCP, same port).
 //! * [`https`]: HTTPS "policy hosts" serving `/.well-known/mta-sts.txt` for many
 //!   virtual hosts on one loopback port, choosing the certificate by SNI.
+//! * [`postfix`]: every Postfix version the machine has (system, Debian roots).
 //! * [`smtp`]: SMTP servers (STARTTLS with good or broken certificates) on
 //!   127.0.0.x, for probes and relays.
 //!
@@ -15,6 +16,7 @@ pub mod dns;
 pub mod dnssec;
 pub mod https;
 pub mod post_sink;
+pub mod postfix;
 pub mod proxy;
 pub mod redis;
 pub mod smtp;
