@@ -1264,15 +1264,37 @@ async fn mx_section(
         "checking {}",
         plural(hosts.len(), "MX host", "MX hosts")
     ));
+    // RFC 7672 §2.2: DANE senders use TLSA records only for MX hosts from a
+    // DNSSEC-validated MX RRset (for an implicit MX, the domain's own
+    // address records), the rule the relay and socketmap decide with.
+    let rtype = if f.has("mx-implicit") {
+        hickory_resolver::proto::rr::RecordType::A
+    } else {
+        hickory_resolver::proto::rr::RecordType::MX
+    };
+    let mx_validated = tools.dns.authenticated(domain, rtype).await.ok();
     let mut set = JoinSet::new();
     for (i, mx) in hosts.iter().enumerate() {
         let tools = tools.clone();
         let mx = mx.clone();
         let policy = policy.cloned();
         let smtp = opts.smtp.clone();
+        let domain = domain.to_string();
         set.spawn(async move {
             let mut hf = Findings::default();
-            let facts = check_mx_host(&mut hf, &tools, &mx, policy.as_ref(), smtp.as_ref()).await;
+            let mx_set = MxSet {
+                domain: &domain,
+                validated: mx_validated,
+            };
+            let facts = check_mx_host(
+                &mut hf,
+                &tools,
+                &mx,
+                &mx_set,
+                policy.as_ref(),
+                smtp.as_ref(),
+            )
+            .await;
             (i, facts, hf)
         });
     }
@@ -1312,10 +1334,18 @@ async fn mx_section(
     outcome
 }
 
+/// The MX RRset a host came from: whether the resolver validated it
+/// (`None`: that could not be asked).
+struct MxSet<'a> {
+    domain: &'a str,
+    validated: Option<bool>,
+}
+
 async fn check_mx_host(
     f: &mut Findings,
     tools: &Tools,
     mx: &MxRecord,
+    mx_set: &MxSet<'_>,
     policy: Option<&Policy>,
     smtp: Option<&SmtpProbeConfig>,
 ) -> MxFacts {
@@ -1450,7 +1480,27 @@ async fn check_mx_host(
         Ok((Answer::Records(records), authenticated, _)) => {
             facts.tlsa = records.iter().map(|r| r.to_string()).collect();
             let usable = records.iter().filter(|r| crate::dane::usable(r)).count();
-            if authenticated && usable > 0 {
+            let domain = mx_set.domain;
+            if authenticated && usable > 0 && mx_set.validated != Some(true) {
+                let why = match mx_set.validated {
+                    Some(_) => format!(
+                        "the MX records of {domain} are not DNSSEC-validated, and DANE senders use                          TLSA records only for MX hosts of a validated MX RRset (RFC 7672 §2.2),                          so they do not use DANE for {domain} — sign the zone of {domain}"
+                    ),
+                    None => format!(
+                        "the resolver could not say whether the MX records of {domain} are                          DNSSEC-validated; DANE senders use these TLSA records only if they are                          (RFC 7672 §2.2)"
+                    ),
+                };
+                f.push_host(
+                    S,
+                    host,
+                    Severity::Warning,
+                    "dane-tlsa-mx-unvalidated",
+                    format!(
+                        "{} at {tlsa_name}, DNSSEC-validated, but {why}",
+                        plural(usable, "usable TLSA record", "usable TLSA records")
+                    ),
+                );
+            } else if authenticated && usable > 0 {
                 f.push_host(
                     S,
                     host,

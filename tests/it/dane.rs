@@ -365,6 +365,77 @@ async fn check_reports_dane_per_mx_with_the_same_rule() {
     }
 }
 
+/// Validated TLSA for a host in a signed zone is not DANE for a domain whose
+/// MX records are unsigned (RFC 7672 §2.2): the check says so instead of
+/// telling the owner that senders use DANE.
+#[tokio::test]
+async fn check_says_tlsa_does_not_count_under_an_unsigned_mx_rrset() {
+    if !dnssec::available() {
+        return;
+    }
+    let world = World::new().await;
+    let zones = vec![
+        ZoneSpec {
+            name: "plainmx.test".to_string(),
+            records: vec![
+                "@ IN MX 10 mx1.signedhost.test.".to_string(),
+                "_mta-sts IN TXT \"v=STSv1; id=d1\"".to_string(),
+                "mta-sts IN A 127.0.0.1".to_string(),
+            ],
+            signing: Signing::Insecure,
+        },
+        ZoneSpec {
+            name: "signedhost.test".to_string(),
+            records: vec![
+                "mx1 IN A 127.0.0.75".to_string(),
+                format!("_25._tcp.mx1 IN TLSA {ANY_TLSA}"),
+            ],
+            signing: Signing::Secure,
+        },
+    ];
+    let dns = SignedDns::start(&zones).await;
+    world.hosts.set(
+        "mta-sts.plainmx.test",
+        Behavior::Policy(policy("enforce", &["mx1.signedhost.test"], 86_400)),
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mta-sts-check"))
+        .args([
+            "--dns-server",
+            &dns.addr.to_string(),
+            "--https-port",
+            &world.hosts.addr.port().to_string(),
+            "--ca-file",
+            &world.ca_path.display().to_string(),
+            "--ca-file-only",
+            "--timeout",
+            "2s",
+            "--no-smtp",
+            "--json",
+            "plainmx.test",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run mta-sts-check");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let dane: Vec<&serde_json::Value> = j["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["code"].as_str().is_some_and(|c| c.starts_with("dane-")))
+        .collect();
+    assert_eq!(dane.len(), 1, "{dane:#?}");
+    assert_eq!(dane[0]["code"], "dane-tlsa-mx-unvalidated", "{:#}", dane[0]);
+    assert_eq!(dane[0]["severity"], "warning", "{:#}", dane[0]);
+    assert_eq!(dane[0]["host"], "mx1.signedhost.test", "{:#}", dane[0]);
+}
+
 /// TLSA `usage selector 1 hex(SHA-256)` for the full certificate (selector 0).
 fn tlsa_record(usage: u8, selector: u8, der: &[u8]) -> mta_sts_agent::dns::TlsaRecord {
     let data = if selector == 0 {
