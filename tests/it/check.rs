@@ -94,6 +94,9 @@ impl Deployment {
         let tlsa = format!("_25._tcp.{}", mx1(domain));
         w.dns.set_tlsa(&tlsa, &[(3, 1, 1, &[0xab; 32])]);
         w.dns.set_authentic(&tlsa, true);
+        // A DANE deployment signs the MX RRset too (RFC 7672 §2.2): TLSA
+        // of a host from an unsigned MX answer is not DANE.
+        w.dns.set_authentic(domain, true);
         w.dns.set_txt(
             &format!("_smtp._tls.{domain}"),
             &[&[&format!(
