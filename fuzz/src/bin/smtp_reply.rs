@@ -36,7 +36,7 @@ fn main() {
                     let l = single.expect("builder took a line parse_line refuses");
                     assert!(!l.last);
                     fed += 1;
-                    assert!(fed < MAX_LINES);
+                    assert!(fed <= MAX_LINES);
                 }
                 Err(ReplyError::LineTooLong) => {
                     assert!(line.len() > MAX_LINE);
