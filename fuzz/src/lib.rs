@@ -25,7 +25,10 @@ mod tests {
 
     #[test]
     fn split_finds_the_first_marker() {
-        assert_eq!(split_at_marker(b"a--b--c", b"--"), (&b"a"[..], Some(&b"b--c"[..])));
+        assert_eq!(
+            split_at_marker(b"a--b--c", b"--"),
+            (&b"a"[..], Some(&b"b--c"[..]))
+        );
         assert_eq!(split_at_marker(b"abc", b"--"), (&b"abc"[..], None));
     }
 }

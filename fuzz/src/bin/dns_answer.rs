@@ -17,7 +17,9 @@ fn answers_of(msg: &Message, rtype: RecordType) -> Answer<RData> {
         .map(|r| r.data.clone())
         .collect();
     if records.is_empty() {
-        Answer::NoRecords { nxdomain: msg.metadata.response_code == ResponseCode::NXDomain }
+        Answer::NoRecords {
+            nxdomain: msg.metadata.response_code == ResponseCode::NXDomain,
+        }
     } else {
         Answer::Records(records)
     }
@@ -30,7 +32,11 @@ fn main() {
         let Ok(msg) = Message::from_vec(&data[..data.len().min(65_535)]) else {
             return;
         };
-        let mx_in = msg.answers.iter().filter(|r| matches!(r.data, RData::MX(_))).count();
+        let mx_in = msg
+            .answers
+            .iter()
+            .filter(|r| matches!(r.data, RData::MX(_)))
+            .count();
         match Dns::mx_records(answers_of(&msg, RecordType::MX)) {
             Answer::Records(mx) => {
                 assert!(!mx.is_empty() && mx.len() <= mx_in);
@@ -45,7 +51,11 @@ fn main() {
             }
             Answer::NoRecords { .. } => {}
         }
-        let tlsa_in = msg.answers.iter().filter(|r| matches!(r.data, RData::TLSA(_))).count();
+        let tlsa_in = msg
+            .answers
+            .iter()
+            .filter(|r| matches!(r.data, RData::TLSA(_)))
+            .count();
         match Dns::tlsa_records(answers_of(&msg, RecordType::TLSA)) {
             Answer::Records(t) => {
                 assert!(!t.is_empty() && t.len() <= tlsa_in);

@@ -14,7 +14,10 @@ fn longest_undecided(max: usize) -> usize {
 fn check(buf: &[u8], max: usize) {
     match decode(buf, max) {
         Ok(Some((range, used))) => {
-            assert!(range.start >= 2, "a payload needs a length and ':' before it");
+            assert!(
+                range.start >= 2,
+                "a payload needs a length and ':' before it"
+            );
             assert!(range.end < used && used == range.end + 1 && used <= buf.len());
             assert!(range.len() <= max, "payload {} over cap {max}", range.len());
             assert_eq!(buf[range.start - 1], b':');

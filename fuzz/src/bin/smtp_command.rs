@@ -30,10 +30,17 @@ fn check_command(cmd: &Command) {
             assert!(!name.contains([' ', '\t']));
         }
         Command::Mail { from, params } => {
-            assert!(from.len() + 2 <= MAX_PATH, "reverse path of {} bytes", from.len());
+            assert!(
+                from.len() + 2 <= MAX_PATH,
+                "reverse path of {} bytes",
+                from.len()
+            );
             assert!(!has_control(from));
             if !from.is_empty() {
-                assert!(split_mailbox(from).is_some(), "{from:?} has no local@domain");
+                assert!(
+                    split_mailbox(from).is_some(),
+                    "{from:?} has no local@domain"
+                );
             }
             // The mailbox as parsed is itself a valid reverse path: what
             // the relay stores and later sends upstream reads back the same.

@@ -2,16 +2,26 @@
 //! (`src/smtp/reply.rs`): the bytes of any MX host, including an
 //! attacker's. The input is split into lines at LF (a CR before it is
 //! dropped, as the client does) and fed to one `ReplyBuilder`.
-use mta_sts_agent::smtp::reply::{parse_line, Reply, ReplyBuilder, ReplyError, MAX_LINE, MAX_LINES};
+use mta_sts_agent::smtp::reply::{
+    parse_line, Reply, ReplyBuilder, ReplyError, MAX_LINE, MAX_LINES,
+};
 
 fn check_reply(r: &Reply) {
     assert!((200..600).contains(&r.code));
     assert!(!r.lines.is_empty() && r.lines.len() <= MAX_LINES);
     for l in &r.lines {
-        assert!(l.len() <= MAX_LINE * 3, "a line's text grows at most 3x by lossy UTF-8");
+        assert!(
+            l.len() <= MAX_LINE * 3,
+            "a line's text grows at most 3x by lossy UTF-8"
+        );
     }
     // Classification is a partition of the valid codes.
-    let classes = [r.is_positive(), r.is_intermediate(), r.is_transient(), r.is_permanent()];
+    let classes = [
+        r.is_positive(),
+        r.is_intermediate(),
+        r.is_transient(),
+        r.is_permanent(),
+    ];
     assert_eq!(classes.iter().filter(|&&c| c).count(), 1, "{}", r.code);
     assert!(r.one_line().starts_with(&r.code.to_string()));
 }
@@ -26,7 +36,9 @@ fn main() {
             match builder.push(line) {
                 Ok(Some(reply)) => {
                     check_reply(&reply);
-                    assert!(single.as_ref().is_ok_and(|l| l.last && l.code == reply.code));
+                    assert!(single
+                        .as_ref()
+                        .is_ok_and(|l| l.last && l.code == reply.code));
                     assert!(reply.lines.len() <= fed + 1);
                     // A finished reply starts the next one afresh.
                     builder = ReplyBuilder::default();

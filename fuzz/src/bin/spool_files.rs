@@ -46,9 +46,15 @@ fn main() {
         let Ok(loaded) = spool.load(ID) else {
             return;
         };
-        assert_eq!(loaded.envelope.id, ID, "envelope id must match the file name");
+        assert_eq!(
+            loaded.envelope.id, ID,
+            "envelope id must match the file name"
+        );
         assert_eq!(loaded.state.rcpts.len(), loaded.envelope.recipients.len());
-        assert!(loaded.size < message.len() as u64, "the envelope line is not body");
+        assert!(
+            loaded.size < message.len() as u64,
+            "the envelope line is not body"
+        );
         // The body the relay would send is exactly the bytes after the
         // envelope line, and as long as the size the queue reports.
         let mut body = Vec::new();

@@ -1,11 +1,11 @@
 //! The `_smtp._tls.<domain>` TXT records (`src/policy/tlsrpt.rs`, RFC 8460
 //! §3): they decide where the agent sends reports, so a forged one must
 //! never name something the parser did not check. One record per line.
-use mta_sts_agent::policy::tlsrpt::{
-    discover_tlsrpt, is_tlsrpt_record, parse_rua_uri, parse_tlsrpt_record, RuaUri,
-    TlsRptDiscovery, TlsRptRecord,
-};
 use mta_sts_agent::policy::normalize_domain;
+use mta_sts_agent::policy::tlsrpt::{
+    discover_tlsrpt, is_tlsrpt_record, parse_rua_uri, parse_tlsrpt_record, RuaUri, TlsRptDiscovery,
+    TlsRptRecord,
+};
 
 fn render(r: &TlsRptRecord) -> String {
     let uris: Vec<&str> = r
@@ -30,7 +30,9 @@ fn check_uri(u: &RuaUri) {
             assert!(normalize_domain(domain).is_ok() && domain.contains('.'));
         }
         RuaUri::Https { uri, host } => {
-            assert!(uri.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")));
+            assert!(uri
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("https://")));
             assert!(!host.is_empty() && !host.contains(['@', '/', '?', '#']));
         }
     }
