@@ -24,7 +24,13 @@ fn spool() -> &'static (PathBuf, Spool) {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!("mta-sts-fuzz-spool-{}", std::process::id()));
+        // Keyed by the parent: under afl-fuzz that is the fork server, so
+        // one run uses one directory however many children it forks, and
+        // two runs at once never share one.
+        let dir = base.join(format!(
+            "mta-sts-fuzz-spool-{}",
+            std::os::unix::process::parent_id()
+        ));
         let spool = Spool::open(&dir).expect("fuzz spool directory");
         (dir, spool)
     })
