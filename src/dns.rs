@@ -233,7 +233,7 @@ impl Dns {
 
     /// MX records in preference order (stable for equal ones), exchange
     /// names in lower-case A-label form without the trailing dot.
-    fn mx_records(answer: Answer<RData>) -> Answer<MxRecord> {
+    pub fn mx_records(answer: Answer<RData>) -> Answer<MxRecord> {
         let mut answer = Self::map(answer, |d| match d {
             RData::MX(mx) => Some(MxRecord {
                 preference: mx.preference,
@@ -251,7 +251,7 @@ impl Dns {
         answer
     }
 
-    fn tlsa_records(answer: Answer<RData>) -> Answer<TlsaRecord> {
+    pub fn tlsa_records(answer: Answer<RData>) -> Answer<TlsaRecord> {
         Self::map(answer, |d| match d {
             RData::TLSA(t) => Some(TlsaRecord {
                 usage: t.cert_usage.into(),
