@@ -200,7 +200,11 @@ async fn the_daemon_starts_over_a_broken_policy_store() {
         async move { redb::Database::open(&file).is_ok() }
     })
     .await;
-    assert!(free, "the test's own resolver still holds {}", file.display());
+    assert!(
+        free,
+        "the test's own resolver still holds {}",
+        file.display()
+    );
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.truncate(bytes.len() / 3);
     std::fs::write(&file, &bytes).unwrap();
