@@ -5,7 +5,7 @@
 //! message that got `250` is delivered, bounced or still queued.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use crate::harness::eventually;
 use crate::relay::{message, submit};
 use crate::relay_crash::{arrivals, queue_json, setup, try_submit, Setup};
 use crate::support::smtp::SmtpOptions;
+use crate::support::tmpfs::SmallFs;
 
 fn spool_dir(s: &Setup) -> PathBuf {
     s.world.state_dir().join("queue")
@@ -400,91 +401,13 @@ async fn sigkill_flood_delivers_every_acknowledged_message() {
     daemon.stop().await;
 }
 
-/// A file system of the test's own under the spool (tmpfs), unmounted on
-/// drop, even after a failed assertion.
-struct Mount {
-    dir: PathBuf,
-}
-
-impl Mount {
-    /// `None` (with a message) where mounting is impossible, e.g. not
-    /// root; under `CI=true` that is a failure instead.
-    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
-        let skip = |why: String| -> Option<Mount> {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "fault-injection test cannot run under CI: {why}"
-            );
-            eprintln!("SKIPPED: {why}");
-            None
-        };
-        if !nix::unistd::geteuid().is_root() {
-            return skip("mounting a tmpfs for the spool needs root".into());
-        }
-        std::fs::create_dir_all(dir).expect("create the mount point");
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Mount {
-                dir: dir.to_path_buf(),
-            }),
-            Ok(o) => skip(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => skip(format!("cannot run mount(8): {e}")),
-        }
-    }
-
-    fn remount(&self, mode: &str) {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(&self.dir)
-            .output()
-            .expect("run mount(8)");
-        assert!(
-            out.status.success(),
-            "remount {mode}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-/// Fills the file system under `dir` with one file; returns its path.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("create the filler");
-    let chunk = vec![0u8; 64 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-    path
-}
-
 /// Disk full: every submission is answered with `452 4.3.1`, never `250` for a
 /// message that could not be stored; when space returns, the relay takes
 /// and delivers mail again without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_spool_never_answers_250_and_recovers_without_restart() {
     let s = setup("full.test", 57, SmtpOptions::new("mx1.full.test"), "").await;
-    let Some(_mount) = Mount::tmpfs(&spool_dir(&s), "2m") else {
+    let Some(mount) = SmallFs::mount(&spool_dir(&s), "2m") else {
         return;
     };
     let log = s.world.dir.path().join("daemon.log");
@@ -508,7 +431,7 @@ async fn full_spool_never_answers_250_and_recovers_without_restart() {
         .await
     );
 
-    let filler = fill(&spool_dir(&s));
+    let filler = mount.fill();
     let body = "y".repeat(70) + "\r\n";
     for n in 2..=6 {
         let r = send(n, &body.repeat(300)).await;
@@ -554,7 +477,7 @@ async fn read_only_spool_answers_451_and_recovers_after_remount() {
         "retry_schedule = [\"1s\"]",
     )
     .await;
-    let Some(mount) = Mount::tmpfs(&spool_dir(&s), "8m") else {
+    let Some(mount) = SmallFs::mount(&spool_dir(&s), "8m") else {
         return;
     };
     let log = s.world.dir.path().join("daemon.log");

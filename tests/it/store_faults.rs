@@ -4,77 +4,14 @@
 //! again at every lookup), and once space returns writes resume without a
 //! restart and the policies kept in memory reach the disk.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use mta_sts_agent::resolver::Resolver;
 use mta_sts_agent::store::PolicyStore;
 
 use crate::harness::{eventually, expect_policy, policy, World};
-
-/// A small tmpfs mounted on a directory, unmounted when dropped.
-struct SmallFs {
-    dir: PathBuf,
-}
-
-impl SmallFs {
-    /// None (with the reason printed) where mounting is not possible; a
-    /// failure under `CI=true`, where the test must run.
-    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallFs {
-                dir: dir.to_path_buf(),
-            }),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("cannot mount a tmpfs for the disk-full test (needs root): {why}");
-                }
-                println!(
-                    "SKIPPED: cannot mount a tmpfs for the disk-full test (run as root): {why}"
-                );
-                None
-            }
-        }
-    }
-
-    /// Writes a file until the filesystem is full; returns its path.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path).expect("filler");
-        let chunk = vec![0u8; 64 * 1024];
-        loop {
-            if f.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-        // Squeeze out the last partial blocks too.
-        while f.write_all(&[0u8; 512]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
+use crate::support::tmpfs::SmallFs;
 
 /// A policy with a padded body, so each write needs fresh pages.
 fn padded_policy(domain: &str) -> String {
@@ -97,7 +34,7 @@ async fn a_full_disk_costs_persistence_only_and_recovers_without_restart() {
     let Some(fs) = SmallFs::mount(&w.dir.path().join("small"), "3m") else {
         return;
     };
-    let state = fs.dir.join("state");
+    let state = fs.dir().join("state");
     let r = resolver_on(&w, &state);
     w.publish("kept.test", "1", &padded_policy("kept.test"));
     expect_policy(&r.lookup("kept.test").await.unwrap());

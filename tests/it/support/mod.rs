@@ -7,6 +7,8 @@
 //! * [`postfix`]: every Postfix version the machine has (system, Debian roots).
 //! * [`smtp`]: SMTP servers (STARTTLS with good or broken certificates) on
 //!   127.0.0.x, for probes and relays.
+//! * [`tmpfs`]: a small file system of the test's own, for full-disk and
+//!   read-only faults.
 //!
 //! Not every test uses every fixture method, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -20,6 +22,7 @@ pub mod postfix;
 pub mod proxy;
 pub mod redis;
 pub mod smtp;
+pub mod tmpfs;
 
 /// Installs rustls' `ring` crypto provider as the process default.
 ///
