@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::config::IpNet;
 use crate::dns::{Answer, Dns};
 
 /// True for an address a report may be POSTed to: not in any of the
@@ -20,9 +21,18 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// `ip` lies in `net/len`: the one CIDR rule of the relay (`IpNet`, as
+/// for `relay.allowed_networks`).
+fn in_net(ip: IpAddr, net: IpAddr, len: u32) -> bool {
+    IpNet {
+        addr: net,
+        prefix: len as u8,
+    }
+    .contains(ip)
+}
+
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
+    in_net(IpAddr::V4(ip), IpAddr::V4(Ipv4Addr::from(net)), len)
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
@@ -50,8 +60,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, len: u32) -> bool {
-    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-    (u128::from(ip) & mask) == (u128::from(net) & mask)
+    in_net(IpAddr::V6(ip), IpAddr::V6(net), len)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
