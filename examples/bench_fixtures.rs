@@ -6,7 +6,15 @@
 //! Domains: `d0.bench.test` … (`--domains`), `r0.bench.test` … (`--extra`,
 //! for memory measurements) and `herd.bench.test`, each with an enforce
 //! policy. Writes the test CA to `--ca-out` and, every 200 ms, the HTTPS
-//! request counts to `--stats` as `total <n>` / `herd <n>` lines.
+//! request counts to `--stats` as `total <n>` / `herd <n>` lines, and the
+//! DNS queries received as `dns <n>` / `dns_dnssec <n>` (those with the DO
+//! bit, i.e. DANE lookups).
+//!
+//! With `--relay-certs DIR` (for `contrib/bench/relay.sh`) it also publishes
+//! two destinations: `sink.test` (MX `mx.sink.test`, 127.0.0.2, no policy)
+//! and `tls.test` (MX `mx.tls.test`, 127.0.0.3, an enforce policy for that
+//! host), and writes a certificate for `mx.tls.test` from the test CA to
+//! `DIR/mx.tls.test.crt` and `.key`.
 
 #[allow(unused_imports)]
 #[path = "../tests/it/support/mod.rs"]
@@ -27,6 +35,7 @@ struct Args {
     extra: usize,
     ca_out: PathBuf,
     stats: PathBuf,
+    relay_certs: Option<PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
@@ -37,6 +46,7 @@ fn args() -> Result<Args, String> {
         extra: 0,
         ca_out: PathBuf::from("ca.pem"),
         stats: PathBuf::from("fixture-stats"),
+        relay_certs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +59,7 @@ fn args() -> Result<Args, String> {
             "--extra" => a.extra = value.parse().map_err(|e| bad(&e))?,
             "--ca-out" => a.ca_out = PathBuf::from(value),
             "--stats" => a.stats = PathBuf::from(value),
+            "--relay-certs" => a.relay_certs = Some(PathBuf::from(value)),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -81,13 +92,25 @@ async fn main() {
         hosts.set_lazy(&format!("mta-sts.{domain}"), Behavior::Policy(policy));
         n += 1;
     }
+    if let Some(dir) = &a.relay_certs {
+        dns.set_mx("sink.test", &[(10, "mx.sink.test")]);
+        dns.set_a("mx.sink.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
+        dns.set_mx("tls.test", &[(10, "mx.tls.test")]);
+        dns.set_a("mx.tls.test", &[Ipv4Addr::new(127, 0, 0, 3)]);
+        dns.set_txt("_mta-sts.tls.test", &[&["v=STSv1; id=1"]]);
+        dns.set_a("mta-sts.tls.test", &[Ipv4Addr::LOCALHOST]);
+        let policy = "version: STSv1\nmode: enforce\nmx: mx.tls.test\nmax_age: 86400\n";
+        hosts.set("mta-sts.tls.test", Behavior::Policy(policy.to_string()));
+        ca.issue(&["mx.tls.test"]).write_pem(dir, "mx.tls.test");
+    }
     eprintln!(
         "bench_fixtures: {n} domains; DNS on {}, HTTPS on {}",
         a.dns, a.https
     );
     loop {
+        let (queries, dnssec) = dns.total_queries();
         let stats = format!(
-            "total {}\nherd {}\n",
+            "total {}\nherd {}\ndns {queries}\ndns_dnssec {dnssec}\n",
             hosts.total_requests(),
             hosts.requests("mta-sts.herd.bench.test")
         );

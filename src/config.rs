@@ -421,6 +421,10 @@ pub struct CacheConfig {
     /// "no policy" at once and starts none, so a flood of distinct keys
     /// cannot pile up DNS and HTTPS work.
     pub max_discoveries: usize,
+    /// Background DANE lookups (DNSSEC MX and TLSA of one domain) running
+    /// at once, over all domains. The socketmap never waits for them; past
+    /// the cap a lookup keeps its MTA-STS answer and a later one tries.
+    pub max_dane_lookups: usize,
 }
 
 impl Default for CacheConfig {
@@ -437,6 +441,7 @@ impl Default for CacheConfig {
             failure_backoff_max: Duration::from_secs(3600),
             mx_min_ttl: Duration::from_secs(30),
             max_discoveries: 64,
+            max_dane_lookups: crate::dane::DEFAULT_BACKGROUND_LOOKUPS,
         }
     }
 }
@@ -622,6 +627,13 @@ impl Config {
                 "cache.max_discoveries",
                 "0",
                 "must be at least 1 (0 would never discover a policy)",
+            ));
+        }
+        if self.cache.max_dane_lookups == 0 {
+            return Err(invalid(
+                "cache.max_dane_lookups",
+                "0",
+                "must be at least 1 (0 would never learn a domain's DANE status)",
             ));
         }
         if self.socketmap.request_timeout.is_zero() {

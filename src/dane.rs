@@ -117,12 +117,32 @@ impl Entry {
     }
 }
 
+/// Background DANE lookups (see [`Dane::known`]) running at once when the
+/// configuration does not say (`cache.max_dane_lookups`).
+pub const DEFAULT_BACKGROUND_LOOKUPS: usize = 64;
+
+/// MX hosts of one authenticated MX RRset whose TLSA records are looked up.
+/// A zone may sign thousands; past this the rest are treated as hosts whose
+/// TLSA lookup failed (not used, RFC 7672 §2.1.1), which is never weaker.
+pub const MAX_TLSA_HOSTS: usize = 32;
+
+/// The longest one domain's DANE lookups may take, whatever the resolver
+/// does (each exchange is bounded by the DNS timeout already; this also
+/// bounds the sum). Past it the status is unknown, kept for `min_ttl`.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Looks up and caches DANE status; shared by every face.
 #[derive(Clone)]
 pub struct Dane {
     dns: Dns,
     domains: moka::future::Cache<String, Entry>,
+    /// Domains with a background lookup running (one per domain).
     refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Slots for background lookups, over all domains: a flood of new
+    /// enforce domains (or a resolver that answers slowly) cannot pile up
+    /// DNS work; past it a lookup keeps its MTA-STS answer and a later one
+    /// starts the lookup.
+    background: Arc<tokio::sync::Semaphore>,
     min_ttl: Duration,
 }
 
@@ -132,8 +152,28 @@ impl std::fmt::Debug for Dane {
     }
 }
 
+/// Releases a domain's background claim even if its lookup panics.
+struct Claim {
+    refreshing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    domain: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.domain);
+    }
+}
+
 impl Dane {
     pub fn new(dns: Dns, min_ttl: Duration) -> Dane {
+        Dane::with_background_limit(dns, min_ttl, DEFAULT_BACKGROUND_LOOKUPS)
+    }
+
+    /// `background`: background lookups running at once (at least one).
+    pub fn with_background_limit(dns: Dns, min_ttl: Duration, background: usize) -> Dane {
         Dane {
             dns,
             domains: moka::future::Cache::builder()
@@ -141,6 +181,7 @@ impl Dane {
                 .time_to_live(Duration::from_secs(2 * 3600))
                 .build(),
             refreshing: Arc::default(),
+            background: Arc::new(tokio::sync::Semaphore::new(background.max(1))),
             min_ttl,
         }
     }
@@ -174,9 +215,26 @@ impl Dane {
     /// DANE status of `domain`, kept for the smallest TTL involved (within
     /// `min_ttl` and an hour). A stale status is answered at once while a
     /// background lookup refreshes it, so only the first lookup of a domain
-    /// waits on DNS (the socketmap hot path).
+    /// waits on DNS.
     pub async fn domain(&self, domain: &str) -> Arc<DomainDane> {
         self.domain_and_mx(domain).await.0
+    }
+
+    /// The DANE status of `domain` if it is known, never waiting on DNS:
+    /// when it is not, one background lookup is started (shared with any
+    /// other lookup of the domain, within the background limit) and the
+    /// caller answers without DANE. For the socketmap, whose MTA-STS answer
+    /// already demands authenticated TLS: DANE can only make it differ once
+    /// the status is known (issue 13: a cold start waited on DNSSEC).
+    pub async fn known(&self, domain: &str) -> Option<Arc<DomainDane>> {
+        if let Some(e) = self.domains.get(domain).await {
+            if Instant::now() >= e.until {
+                self.in_background(domain, true);
+            }
+            return Some(e.status);
+        }
+        self.in_background(domain, false);
+        None
     }
 
     /// [`domain`](Self::domain), and the MX answer it was decided on, so
@@ -184,23 +242,7 @@ impl Dane {
     pub async fn domain_and_mx(&self, domain: &str) -> (Arc<DomainDane>, DecidedMx) {
         if let Some(e) = self.domains.get(domain).await {
             if Instant::now() >= e.until {
-                let claimed = self
-                    .refreshing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(domain.to_string());
-                if claimed {
-                    let me = self.clone();
-                    let name = domain.to_string();
-                    tokio::spawn(async move {
-                        let fresh = me.lookup_entry(&name).await;
-                        me.domains.insert(name.clone(), fresh).await;
-                        me.refreshing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&name);
-                    });
-                }
+                self.in_background(domain, true);
             }
             return e.decided();
         }
@@ -214,8 +256,54 @@ impl Dane {
         e.decided()
     }
 
+    /// Starts one background lookup of `domain` unless one is running or
+    /// every slot is taken. `stale`: replace the cached status; otherwise
+    /// fill the cache through the same init a waiting lookup would join.
+    fn in_background(&self, domain: &str, stale: bool) {
+        let Ok(permit) = self.background.clone().try_acquire_owned() else {
+            crate::metrics::metrics().dane_background_skipped.inc();
+            return;
+        };
+        let claimed = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_string());
+        if !claimed {
+            return;
+        }
+        let claim = Claim {
+            refreshing: self.refreshing.clone(),
+            domain: domain.to_string(),
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let name = &claim.domain;
+            if stale {
+                let fresh = me.lookup_entry(name).await;
+                me.domains.insert(name.clone(), fresh).await;
+            } else {
+                me.domains
+                    .get_with_by_ref(name.as_str(), me.lookup_entry(name))
+                    .await;
+            }
+            drop(claim);
+        });
+    }
+
     async fn lookup_entry(&self, domain: &str) -> Entry {
-        let Found { status, ttl, mx } = self.lookup_domain(domain).await;
+        let Found { status, ttl, mx } =
+            match tokio::time::timeout(LOOKUP_DEADLINE, self.lookup_domain(domain)).await {
+                Ok(found) => found,
+                Err(_) => Found {
+                    status: DomainDane::Indeterminate(format!(
+                        "DNSSEC lookups not done within {LOOKUP_DEADLINE:?}"
+                    )),
+                    ttl: None,
+                    mx: None,
+                },
+            };
         if let DomainDane::Indeterminate(why) = &status {
             tracing::warn!(domain, reason = %why, "DNSSEC MX lookup failed: DANE status unknown; no TLSA record is used and the MTA-STS policy applies in full");
         }
@@ -281,9 +369,25 @@ impl Dane {
                 }
             }
         };
-        let mut results = Vec::with_capacity(hosts.len());
-        for h in &hosts {
-            results.push(self.host(h).await);
+        // The hosts' TLSA lookups run together: a slow resolver costs one
+        // DNS timeout, not one per host.
+        let mut lookups = tokio::task::JoinSet::new();
+        for (i, h) in hosts.iter().take(MAX_TLSA_HOSTS).enumerate() {
+            let (me, h) = (self.clone(), h.clone());
+            lookups.spawn(async move { (i, me.host(&h).await) });
+        }
+        let mut results: Vec<(HostDane, Option<u32>)> = hosts
+            .iter()
+            .map(|_| {
+                let why = format!("not looked up: more than {MAX_TLSA_HOSTS} MX hosts");
+                (HostDane::Indeterminate(why), None)
+            })
+            .collect();
+        while let Some(done) = lookups.join_next().await {
+            match done {
+                Ok((i, r)) => results[i] = r,
+                Err(e) => tracing::error!(domain, error = %e, "TLSA lookup task failed"),
+            }
         }
         let mut ttl = mx_ttl;
         let mut failed = false;

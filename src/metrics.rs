@@ -81,6 +81,7 @@ pub struct Metrics {
     pub discoveries: Family<ResultLabels, Counter>,
     pub store_errors: Counter,
     pub overrides_applied: Counter,
+    pub dane_background_skipped: Counter,
     pub policies: Family<ModeLabels, Gauge>,
     pub relay_received: Counter,
     pub relay_sessions_refused: Counter,
@@ -138,6 +139,12 @@ impl Metrics {
             "store_errors",
             "Errors reading or writing the policy store",
             store_errors.clone(),
+        );
+        let dane_background_skipped = Counter::default();
+        registry.register(
+            "dane_background_skipped",
+            "Background DANE lookups not started: cache.max_dane_lookups were running",
+            dane_background_skipped.clone(),
         );
         let overrides_applied = Counter::default();
         registry.register(
@@ -254,6 +261,7 @@ impl Metrics {
             discoveries,
             store_errors,
             overrides_applied,
+            dane_background_skipped,
             policies,
             relay_received,
             relay_sessions_refused,

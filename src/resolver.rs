@@ -203,7 +203,11 @@ impl Resolver {
             .max_capacity(cfg.memory_entries)
             .time_to_live(ttl)
             .build();
-        let dane = crate::dane::Dane::new(dns.clone(), cfg.mx_min_ttl);
+        let dane = crate::dane::Dane::with_background_limit(
+            dns.clone(),
+            cfg.mx_min_ttl,
+            cfg.max_dane_lookups,
+        );
         let cfg_max_discoveries = cfg.max_discoveries.max(1);
         Resolver {
             inner: Arc::new(Inner {
@@ -381,6 +385,13 @@ impl Resolver {
         )
         .await
         .ok()
+    }
+
+    /// The DANE status of `domain` if already known, never waiting: when it
+    /// is not, it is learned in the background and the caller keeps its
+    /// MTA-STS answer (the socketmap: both demand authenticated TLS).
+    pub async fn dane_known(&self, domain: &str) -> Option<Arc<crate::dane::DomainDane>> {
+        self.inner.dane.known(domain).await
     }
 
     /// [`dane`](Self::dane) and the MX answer it was decided on, within

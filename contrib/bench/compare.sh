@@ -108,10 +108,22 @@ wait_port $OURS_PORT && wait_port $ANCHOR_PORT && wait_port $NULL_PORT || { echo
 load() { local port=$1; shift; in_ns "$AGENT" bench load --target "127.0.0.1:$port" --json "$@"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 herd_fetches() { awk '/^herd/ {print $2}' "$WORK/fixture-stats"; }
+# Queries the fixture DNS has received: all, and those with the DO bit.
+dns_queries() { awk -v k="$1" '$1 == k {print $2}' "$WORK/fixture-stats"; }
+# Per domain, to one decimal, from two counter readings.
+per_domain() { python3 -c "print(f'{($2 - $1) / $DOMAINS:.1f}')"; }
+# The stats file is rewritten every 200 ms: wait for a reading after now,
+# and for background work (DANE lookups, re-checks) to settle.
+settle() { sleep 2; }
 
 say "cold start: $DOMAINS distinct uncached domains at concurrency 50"
+q0=$(dns_queries dns); s0=$(dns_queries dns_dnssec)
 COLD_OURS=$(load $OURS_PORT --domains "$WORK/domains.txt" --connections 50 --requests "$DOMAINS" --timeout 30s)
+settle; q1=$(dns_queries dns); s1=$(dns_queries dns_dnssec)
 COLD_ANCHOR=$(load $ANCHOR_PORT --domains "$WORK/domains.txt" --connections 50 --requests "$DOMAINS" --timeout 30s)
+settle; q2=$(dns_queries dns); s2=$(dns_queries dns_dnssec)
+DNS_OURS=$(per_domain "$q0" "$q1"); DNSSEC_OURS=$(per_domain "$s0" "$s1")
+DNS_ANCHOR=$(per_domain "$q1" "$q2"); DNSSEC_ANCHOR=$(per_domain "$s1" "$s2")
 
 declare -A WARM
 for c in 1 8 64; do
@@ -161,6 +173,7 @@ CACHED=$(in_ns "$AGENT" --config "$WORK/agent.toml" policy list 2>/dev/null | wc
     done
     co=$(field "$COLD_OURS" seconds); ca=$(field "$COLD_ANCHOR" seconds)
     python3 -c "o,a=$co,$ca; print(f'| cold start: $DOMAINS new domains, 50 conn | | {o:.2f} s | {a:.2f} s | {a/o:.1f}x faster |')"
+    echo "| cold start: DNS queries per domain (of them DNSSEC, for DANE) | | $DNS_OURS ($DNSSEC_OURS) | $DNS_ANCHOR ($DNSSEC_ANCHOR) | |"
     echo "| thundering herd: HTTPS fetches for 500 concurrent lookups | | $HERD_OURS | $HERD_ANCHOR | |"
     echo "| RSS with $DOMAINS policies cached | | ${RSS_OURS_1K} MB | ${RSS_ANCHOR_1K} MB | |"
     echo "| RSS with $((CACHED)) policies cached (ours only) | | ${RSS_OURS_BIG} MB | | |"

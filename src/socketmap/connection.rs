@@ -54,12 +54,19 @@ impl Handler {
                 if map.dane != DaneReply::Off
                     && is_enforcing(p.policy.mode, map.testing_as_enforce) =>
             {
-                let status = self.resolver.dane(&p.domain).await;
+                // Never waits on DNSSEC: until the status is learned (in
+                // the background) the MTA-STS answer stands, which demands
+                // authenticated TLS as DANE does (issue 13).
+                let status = self.resolver.dane_known(&p.domain).await;
                 let fall_back = map.dane != DaneReply::DaneOnly;
                 match status.as_deref() {
                     d if socketmap_may_defer_to_dane(d, fall_back) => render_dane(map),
                     Some(DomainDane::Indeterminate(why)) => {
                         tracing::debug!(peer, domain = %p.domain, reason = %why, "DANE status unknown; MTA-STS answer");
+                        None
+                    }
+                    None => {
+                        tracing::debug!(peer, domain = %p.domain, "DANE status not learned yet; MTA-STS answer");
                         None
                     }
                     _ => None,

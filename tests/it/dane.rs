@@ -8,6 +8,7 @@ use std::time::Duration;
 use mta_sts_agent::config::{Config, DaneReply, MapConfig};
 use mta_sts_agent::socketmap::connection::Handler;
 
+use crate::dane_background::settled;
 use crate::harness::{policy, World};
 use crate::support::dnssec::{self, SignedDns, Signing, ZoneSpec};
 use crate::support::https::Behavior;
@@ -107,27 +108,23 @@ async fn socketmap_lets_dane_win_over_mta_sts_only_when_dnssec_says_so() {
     }
     let config = config_with(&world, &dns, "");
     let h = handler(&config, DaneReply::DaneOnly);
-    let ask = |d: &str| format!("postfix {d}");
 
     // Secure MX and TLSA: DANE wins.
-    assert_eq!(
-        h.answer(ask("secure.test").as_bytes(), "t").await,
-        "OK dane-only"
-    );
+    assert_eq!(settled(&h, "secure.test").await, "OK dane-only");
     // Insecure zone: the MTA-STS answer, unchanged.
     assert_eq!(
-        h.answer(ask("insecure.test").as_bytes(), "t").await,
+        settled(&h, "insecure.test").await,
         "OK secure match=mx1.insecure.test servername=hostname"
     );
     // Bogus TLSA signature: the resolver answers SERVFAIL, DANE status is
     // unknown, and the answer stays MTA-STS's validated TLS (never weaker).
     assert_eq!(
-        h.answer(ask("bogus.test").as_bytes(), "t").await,
+        settled(&h, "bogus.test").await,
         "OK secure match=mx1.bogus.test servername=hostname"
     );
     // Unusable TLSA (PKIX-EE) in a signed zone: DANE does not apply.
     assert_eq!(
-        h.answer(ask("pkix.test").as_bytes(), "t").await,
+        settled(&h, "pkix.test").await,
         "OK secure match=mx1.pkix.test servername=hostname"
     );
     // What the shared DANE lookups concluded, per case.
@@ -168,11 +165,7 @@ async fn socketmap_lets_dane_win_over_mta_sts_only_when_dnssec_says_so() {
         ),
     ] {
         let h = handler(&config, choice);
-        assert_eq!(
-            h.answer(ask("secure.test").as_bytes(), "t").await,
-            want,
-            "{choice:?}"
-        );
+        assert_eq!(settled(&h, "secure.test").await, want, "{choice:?}");
     }
 }
 

@@ -17,6 +17,7 @@ use mta_sts_agent::relay::Relay;
 use mta_sts_agent::socketmap::connection::Handler;
 
 use crate::dane::tlsa_3_1_1;
+use crate::dane_background::settled;
 use crate::harness::{policy, World};
 use crate::relay::{ip, message, relay_toml, submit};
 use crate::support::dns::RecordType;
@@ -190,7 +191,7 @@ async fn forged_mx_with_the_attackers_own_dane_host_gets_no_enforce_mail() {
     // The socketmap gives Postfix the MTA-STS answer, not DANE.
     let h = socketmap(&config, DaneReply::DaneOnly);
     assert_eq!(
-        h.answer(b"postfix victim.test", "t").await,
+        settled(&h, "victim.test").await,
         "OK secure match=mx1.victim.test servername=hostname"
     );
 }
@@ -414,10 +415,6 @@ async fn the_socketmaps_dane_answer_is_never_weaker_than_mta_sts() {
         ),
     ] {
         let h = socketmap(&config, choice);
-        assert_eq!(
-            h.answer(format!("postfix {d}").as_bytes(), "t").await,
-            want,
-            "{choice:?} {d}"
-        );
+        assert_eq!(settled(&h, d).await, want, "{choice:?} {d}");
     }
 }

@@ -15,6 +15,7 @@ mod check;
 mod daemon;
 mod dane;
 mod dane_attacker;
+mod dane_background;
 mod dane_coalesce;
 mod discovery;
 mod durability;

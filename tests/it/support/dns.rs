@@ -60,6 +60,11 @@ struct Zone {
     /// Names whose answers carry the AD (authenticated data) bit.
     authentic: HashSet<String>,
     ttl: u32,
+    /// Queries with the DO bit (DNSSEC lookups), by name and type.
+    dnssec_queries: HashMap<(String, RecordType), usize>,
+    /// Answers to queries with the DO bit are held back this long: a slow
+    /// validating resolver, or an attacker on the path delaying them.
+    dnssec_delay: Duration,
 }
 
 /// The authoritative test DNS server. Stops when dropped.
@@ -278,7 +283,33 @@ impl DnsServer {
 
     /// Forgets all query counts.
     pub fn reset_queries(&self) {
-        lock(&self.zone).queries.clear();
+        let mut zone = lock(&self.zone);
+        zone.queries.clear();
+        zone.dnssec_queries.clear();
+    }
+
+    /// Of [`queries`](Self::queries), those with the DO bit set.
+    pub fn dnssec_queries(&self, name: &str, rtype: RecordType) -> usize {
+        lock(&self.zone)
+            .dnssec_queries
+            .get(&(key(name), rtype))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every query that arrived, any name and type: `(all, with DO)`.
+    pub fn total_queries(&self) -> (usize, usize) {
+        let zone = lock(&self.zone);
+        (
+            zone.queries.values().sum(),
+            zone.dnssec_queries.values().sum(),
+        )
+    }
+
+    /// Holds back the answer to every query with the DO bit for `delay`
+    /// (zero: answer at once). Other queries are answered at once.
+    pub fn set_dnssec_delay(&self, delay: Duration) {
+        lock(&self.zone).dnssec_delay = delay;
     }
 }
 
@@ -301,6 +332,7 @@ async fn bind_pair() -> (UdpSocket, TcpListener) {
 }
 
 async fn serve_udp(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 65_535];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -311,8 +343,18 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
                 continue;
             }
         };
-        if let Some(response) = respond(&zone, &buf[..len], true) {
-            let _ = socket.send_to(&response, peer).await;
+        match respond(&zone, &buf[..len], true) {
+            Some((response, delay)) if delay.is_zero() => {
+                let _ = socket.send_to(&response, peer).await;
+            }
+            Some((response, delay)) => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.send_to(&response, peer).await;
+                });
+            }
+            None => {}
         }
     }
 }
@@ -344,9 +386,10 @@ async fn serve_tcp_conn(mut stream: TcpStream, zone: Arc<Mutex<Zone>>) {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(response) = respond(&zone, &packet, false) else {
+        let Some((response, delay)) = respond(&zone, &packet, false) else {
             continue; // malformed, or Fault::Drop: say nothing
         };
+        tokio::time::sleep(delay).await;
         let Ok(response_len) = u16::try_from(response.len()) else {
             return;
         };
@@ -417,9 +460,12 @@ fn lookup(zone: &Zone, qname: &Name, qtype: RecordType) -> (ResponseCode, Vec<Re
     (ResponseCode::NoError, answers, false)
 }
 
-/// Builds the wire response for one query packet; `None` = send nothing.
-fn respond(zone: &Mutex<Zone>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+/// Builds the wire response for one query packet and how long to hold it
+/// back; `None` = send nothing.
+fn respond(zone: &Mutex<Zone>, packet: &[u8], udp: bool) -> Option<(Vec<u8>, Duration)> {
     let request = Message::from_vec(packet).ok()?;
+    let dnssec = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+    let mut delay = Duration::ZERO;
     if request.metadata.message_type != MessageType::Query {
         return None;
     }
@@ -445,6 +491,10 @@ fn respond(zone: &Mutex<Zone>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
         let k = key_of(qname);
         let mut zone = lock(zone);
         *zone.queries.entry((k.clone(), qtype)).or_default() += 1;
+        if dnssec {
+            *zone.dnssec_queries.entry((k.clone(), qtype)).or_default() += 1;
+            delay = zone.dnssec_delay;
+        }
         match zone.faults.get(&k) {
             Some(Fault::Drop) => return None,
             Some(Fault::ServFail) => {
@@ -472,7 +522,7 @@ fn respond(zone: &Mutex<Zone>, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
     if udp && bytes.len() > limit {
         // Too big for the client's UDP buffer: TC bit, no records, so the
         // client retries over TCP.
-        return response.truncate().to_vec().ok();
+        return response.truncate().to_vec().ok().map(|b| (b, delay));
     }
-    Some(bytes)
+    Some((bytes, delay))
 }
