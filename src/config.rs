@@ -100,6 +100,15 @@ pub struct RelayConfig {
     /// How long a message may stay queued before its sender gets a bounce.
     #[serde(with = "humantime_serde")]
     pub queue_lifetime: Duration,
+    /// A sender who asked for NOTIFY=DELAY (RFC 3461 §4.1) gets one delay
+    /// DSN once its message has waited this long. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub delay_warning_after: Duration,
+    /// Honour a `TLS-Required: No` header field (RFC 8689 §5) from clients
+    /// that may relay (allowed network or AUTH): such a message is
+    /// delivered without the recipient domain's MTA-STS or DANE
+    /// requirements. Off: the header is relayed but changes nothing.
+    pub honour_tls_required_no: bool,
     /// Deliveries running at once.
     pub max_deliveries: usize,
     /// Port of the remote MX hosts; only tests change it.
@@ -143,6 +152,8 @@ impl Default for RelayConfig {
             auth_max_parallel: 2,
             retry_schedule: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
             queue_lifetime: Duration::from_secs(5 * 86_400),
+            delay_warning_after: m(240),
+            honour_tls_required_no: true,
             max_deliveries: 20,
             delivery_port: 25,
             connect_timeout: Duration::from_secs(30),

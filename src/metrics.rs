@@ -91,6 +91,8 @@ pub struct Metrics {
     pub relay_spool_state_recovered: Counter,
     pub relay_spool_set_aside: Counter,
     pub relay_spool_load_errors: Counter,
+    pub relay_tls_required_no: Family<ReasonLabels, Counter>,
+    pub relay_dsn_sent: Family<ReasonLabels, Counter>,
     pub shared_rejected: Family<ReasonLabels, Counter>,
 }
 
@@ -163,6 +165,18 @@ impl Metrics {
             "relay_messages_queued",
             "Messages accepted into the relay queue (bounces included)",
             relay_received.clone(),
+        );
+        let relay_tls_required_no = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "relay_tls_required_no",
+            "Messages received with a TLS-Required: No header field (RFC 8689 section 5), by what became of it (honoured, ignored-requiretls, ignored-disabled, ignored-untrusted)",
+            relay_tls_required_no.clone(),
+        );
+        let relay_dsn_sent = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "relay_dsn_sent",
+            "Delivery status notifications the relay queued, by action (failed, delayed, relayed)",
+            relay_dsn_sent.clone(),
         );
         let relay_sessions_refused = Counter::default();
         registry.register(
@@ -271,6 +285,8 @@ impl Metrics {
             relay_spool_state_recovered,
             relay_spool_set_aside,
             relay_spool_load_errors,
+            relay_tls_required_no,
+            relay_dsn_sent,
             shared_rejected,
         }
     }
@@ -279,6 +295,22 @@ impl Metrics {
         self.shared_rejected
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn relay_tls_required_no(&self, outcome: &str) {
+        self.relay_tls_required_no
+            .get_or_create(&ReasonLabels {
+                reason: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn relay_dsn_sent(&self, action: &str) {
+        self.relay_dsn_sent
+            .get_or_create(&ReasonLabels {
+                reason: action.to_string(),
             })
             .inc();
     }

@@ -28,6 +28,8 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 
+use serde::{Deserialize, Serialize};
+
 /// RFC 5321 §4.5.3.1.1.
 pub const MAX_LOCAL_PART: usize = 64;
 /// RFC 5321 §4.5.3.1.2.
@@ -51,6 +53,7 @@ pub enum Command {
     /// against the transaction's SMTPUTF8 flag.
     Rcpt {
         to: String,
+        params: RcptParams,
     },
     Data,
     Rset,
@@ -68,8 +71,8 @@ pub enum Command {
     },
 }
 
-/// The MAIL parameters the relay acts on; accepted-but-ignored ones (AUTH,
-/// ENVID, RET) leave no trace.
+/// The MAIL parameters the relay acts on; AUTH (RFC 4954 §5) is accepted
+/// and leaves no trace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MailParams {
     /// RFC 1870 size estimate; saturates at `u64::MAX` for a 20-digit value
@@ -79,7 +82,161 @@ pub struct MailParams {
     pub body_8bit: bool,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `RET=FULL|HDRS` (RFC 3461 §4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=`, xtext-decoded (RFC 3461 §4.4).
+    pub envid: Option<String>,
+    /// `REQUIRETLS` (RFC 8689 §2). Whether the session may take it (TLS
+    /// is up) is the session's call.
+    pub requiretls: bool,
 }
+
+/// What a failure DSN returns of the message (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+impl Ret {
+    #[must_use]
+    pub const fn keyword(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
+}
+
+/// `NOTIFY=` of one recipient (RFC 3461 §4.1): `NEVER`, or any of the
+/// other three. Stored as its keyword list, e.g. `"SUCCESS,DELAY"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Notify {
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+impl Notify {
+    pub const NEVER: Notify = Notify {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+
+    /// The parameter value, as it goes to a next hop.
+    #[must_use]
+    pub fn keyword(self) -> String {
+        let mut words = Vec::new();
+        if self.success {
+            words.push("SUCCESS");
+        }
+        if self.failure {
+            words.push("FAILURE");
+        }
+        if self.delay {
+            words.push("DELAY");
+        }
+        if words.is_empty() {
+            "NEVER".to_string()
+        } else {
+            words.join(",")
+        }
+    }
+
+    /// RFC 3461 §4.1: `NEVER` alone, or a list of the other three, each at
+    /// most once.
+    #[must_use]
+    pub fn parse(value: &str) -> Option<Notify> {
+        if value.eq_ignore_ascii_case("NEVER") {
+            return Some(Notify::NEVER);
+        }
+        let mut n = Notify::default();
+        for word in value.split(',') {
+            let flag = if word.eq_ignore_ascii_case("SUCCESS") {
+                &mut n.success
+            } else if word.eq_ignore_ascii_case("FAILURE") {
+                &mut n.failure
+            } else if word.eq_ignore_ascii_case("DELAY") {
+                &mut n.delay
+            } else {
+                return None;
+            };
+            if *flag {
+                return None;
+            }
+            *flag = true;
+        }
+        Some(n)
+    }
+}
+
+impl From<Notify> for String {
+    fn from(n: Notify) -> String {
+        n.keyword()
+    }
+}
+
+impl TryFrom<String> for Notify {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Notify, String> {
+        Notify::parse(&s).ok_or_else(|| format!("bad NOTIFY value {s:?}"))
+    }
+}
+
+/// `ORCPT=addr-type;xtext` (RFC 3461 §4.2), decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orcpt {
+    /// The address type as sent, e.g. `rfc822` or `utf-8` (RFC 6533).
+    pub addr_type: String,
+    pub addr: String,
+}
+
+impl Orcpt {
+    /// The parameter value, xtext-encoded again for a next hop.
+    #[must_use]
+    pub fn encoded(&self) -> String {
+        format!(
+            "{};{}",
+            self.addr_type,
+            crate::smtp::xtext::encode(&self.addr)
+        )
+    }
+}
+
+/// The DSN parameters of one RCPT (RFC 3461 §4.1-4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<Orcpt>,
+}
+
+impl RcptParams {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.notify.is_none() && self.orcpt.is_none()
+    }
+
+    /// RFC 3461 §4.1: without NOTIFY the MTA decides; like Postfix and
+    /// sendmail we then report failures only.
+    #[must_use]
+    pub fn effective_notify(&self) -> Notify {
+        self.notify.unwrap_or(Notify {
+            failure: true,
+            ..Notify::NEVER
+        })
+    }
+}
+
+/// RFC 3461 §4.4: ENVID is at most 100 characters.
+pub const MAX_ENVID: usize = 100;
+/// RFC 3461 §4.2: ORCPT is at most 500 characters.
+pub const MAX_ORCPT: usize = 500;
 
 /// A refused command, with the reply to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,12 +449,39 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
                 }
                 params.smtputf8 = true;
             }
-            // RFC 4954 §5 (AUTH) and RFC 3461 §4.3-4.4 (RET, ENVID): all take
-            // a value; we relay without acting on them.
-            "AUTH" | "ENVID" | "RET" => {
+            // RFC 4954 §5: takes a value; we relay without acting on it.
+            "AUTH" => {
                 if value.is_none() {
                     return Err(usage("Syntax error in parameters"));
                 }
+            }
+            // RFC 3461 §4.3.
+            "RET" => {
+                let value = value.ok_or_else(|| usage("Syntax: RET=FULL|HDRS"))?;
+                params.ret = Some(if value.eq_ignore_ascii_case("FULL") {
+                    Ret::Full
+                } else if value.eq_ignore_ascii_case("HDRS") {
+                    Ret::Hdrs
+                } else {
+                    return Err(usage("Syntax: RET=FULL|HDRS"));
+                });
+            }
+            // RFC 3461 §4.4: xtext, at most 100 characters.
+            "ENVID" => {
+                let value = value.ok_or_else(|| usage("Syntax: ENVID=<xtext>"))?;
+                if value.len() > MAX_ENVID {
+                    return Err(usage("ENVID longer than 100 characters"));
+                }
+                let decoded = crate::smtp::xtext::decode(value)
+                    .ok_or_else(|| usage("Syntax: ENVID=<xtext>"))?;
+                params.envid = Some(decoded);
+            }
+            // RFC 8689 §2: the parameter has no value.
+            "REQUIRETLS" => {
+                if value.is_some() {
+                    return Err(usage("REQUIRETLS takes no value"));
+                }
+                params.requiretls = true;
             }
             // RFC 5321 §4.1.1.11: 555 for unrecognized parameters.
             _ => return Err(unsupported_parameter()),
@@ -334,20 +518,45 @@ fn parse_rcpt(args: &str) -> Result<Command, CommandError> {
         to
     };
     let mut seen: Vec<String> = Vec::new();
+    let mut params = RcptParams::default();
     for (key, value) in Params::new(after) {
         let key = key?;
         check_duplicate(&mut seen, &key)?;
         match key.as_str() {
-            // RFC 3461 §4.1-4.2: DSN is not offered, so these are dropped.
-            "NOTIFY" | "ORCPT" => {
-                if value.is_none() {
-                    return Err(usage("Syntax error in parameters"));
+            // RFC 3461 §4.1.
+            "NOTIFY" => {
+                let syntax = || usage("Syntax: NOTIFY=NEVER|SUCCESS,FAILURE,DELAY");
+                let value = value.ok_or_else(syntax)?;
+                params.notify = Some(Notify::parse(value).ok_or_else(syntax)?);
+            }
+            // RFC 3461 §4.2: addr-type ";" xtext, at most 500 characters.
+            "ORCPT" => {
+                let syntax = || usage("Syntax: ORCPT=addr-type;xtext");
+                let value = value.ok_or_else(syntax)?;
+                if value.len() > MAX_ORCPT {
+                    return Err(usage("ORCPT longer than 500 characters"));
                 }
+                let (addr_type, xtext) = value.split_once(';').ok_or_else(syntax)?;
+                // addr-type is an atom (RFC 3461 §4.2, RFC 5322 atext).
+                if addr_type.is_empty() || !addr_type.bytes().all(is_atext) {
+                    return Err(syntax());
+                }
+                let addr = crate::smtp::xtext::decode(xtext).ok_or_else(syntax)?;
+                if addr.is_empty() {
+                    return Err(syntax());
+                }
+                params.orcpt = Some(Orcpt {
+                    addr_type: addr_type.to_owned(),
+                    addr,
+                });
             }
             _ => return Err(unsupported_parameter()),
         }
     }
-    Ok(Command::Rcpt { to: to.to_owned() })
+    Ok(Command::Rcpt {
+        to: to.to_owned(),
+        params,
+    })
 }
 
 /// RFC 4954 §4: `AUTH mechanism [initial-response]`.
@@ -704,7 +913,14 @@ mod tests {
 
     fn rcpt(line: &str) -> String {
         match ok(line) {
-            Command::Rcpt { to } => to,
+            Command::Rcpt { to, .. } => to,
+            other => panic!("{line:?} parsed as {other:?}"),
+        }
+    }
+
+    fn rcpt_p(line: &str) -> RcptParams {
+        match ok(line) {
+            Command::Rcpt { params, .. } => params,
             other => panic!("{line:?} parsed as {other:?}"),
         }
     }
@@ -974,9 +1190,9 @@ mod tests {
     }
 
     #[test]
-    fn mail_ignored_params() {
+    fn mail_params_all_together() {
         let (from, params) = mail(
-            "MAIL FROM:<a@b.test> AUTH=<> ENVID=QQ314159 RET=HDRS SIZE=5 BODY=8BITMIME SMTPUTF8",
+            "MAIL FROM:<a@b.test> AUTH=<> ENVID=QQ+2B314159 RET=HDRS SIZE=5 BODY=8BITMIME SMTPUTF8 REQUIRETLS",
         );
         assert_eq!(from, "a@b.test");
         assert_eq!(
@@ -984,11 +1200,43 @@ mod tests {
             MailParams {
                 size: Some(5),
                 body_8bit: true,
-                smtputf8: true
+                smtputf8: true,
+                ret: Some(Ret::Hdrs),
+                envid: Some("QQ+314159".into()),
+                requiretls: true,
             }
         );
         assert_eq!(code("MAIL FROM:<a@b.test> AUTH"), USAGE);
         assert_eq!(code("MAIL FROM:<a@b.test> RET"), USAGE);
+    }
+
+    #[test]
+    fn mail_dsn_params() {
+        assert_eq!(mail("MAIL FROM:<a@b.test> ret=full").1.ret, Some(Ret::Full));
+        assert_eq!(mail("MAIL FROM:<> RET=Hdrs").1.ret, Some(Ret::Hdrs));
+        for line in [
+            "MAIL FROM:<a@b.test> RET=BODY",
+            "MAIL FROM:<a@b.test> RET=FULL,HDRS",
+            "MAIL FROM:<a@b.test> ENVID",
+            "MAIL FROM:<a@b.test> ENVID=a+2b",
+            "MAIL FROM:<a@b.test> ENVID=a+",
+            "MAIL FROM:<a@b.test> ENVID=a+0D+0A",
+            "MAIL FROM:<a@b.test> ENVID=caf\u{e9}",
+            "MAIL FROM:<a@b.test> RET=FULL RET=HDRS",
+            "MAIL FROM:<a@b.test> REQUIRETLS=YES",
+        ] {
+            assert_eq!(code(line), USAGE, "{line}");
+        }
+        let e100 = "e".repeat(MAX_ENVID);
+        assert_eq!(
+            mail(&format!("MAIL FROM:<a@b.test> ENVID={e100}")).1.envid,
+            Some(e100.clone())
+        );
+        assert_eq!(
+            err(format!("MAIL FROM:<a@b.test> ENVID={e100}e").as_bytes()).reply(),
+            "501 5.5.4 ENVID longer than 100 characters"
+        );
+        assert!(mail("MAIL FROM:<a@b.test> requiretls").1.requiretls);
     }
 
     #[test]
@@ -1208,7 +1456,8 @@ mod tests {
         assert_eq!(
             ok("RCPT TO:<user@example.com>"),
             Command::Rcpt {
-                to: "user@example.com".into()
+                to: "user@example.com".into(),
+                params: RcptParams::default(),
             }
         );
         assert_eq!(rcpt("rcpt to: <user@example.com>"), "user@example.com");
@@ -1247,6 +1496,58 @@ mod tests {
         assert_eq!(code("RCPT TO:<@a:postmaster>"), BAD_ADDR);
         // Only RCPT gets the domain-less exception (RFC 5321 §4.1.2).
         assert_eq!(code("MAIL FROM:<postmaster>"), BAD_ADDR);
+    }
+
+    #[test]
+    fn rcpt_dsn_params() {
+        let p = rcpt_p("RCPT TO:<a@b.test> NOTIFY=success,DELAY ORCPT=rfc822;A+2Bb@c.test");
+        assert_eq!(
+            p.notify,
+            Some(Notify {
+                success: true,
+                failure: false,
+                delay: true
+            })
+        );
+        let orcpt = p.orcpt.clone().unwrap();
+        assert_eq!(orcpt.addr_type, "rfc822");
+        assert_eq!(orcpt.addr, "A+b@c.test");
+        assert_eq!(orcpt.encoded(), "rfc822;A+2Bb@c.test");
+        assert_eq!(p.notify.unwrap().keyword(), "SUCCESS,DELAY");
+        assert_eq!(
+            rcpt_p("RCPT TO:<a@b.test> NOTIFY=never").notify,
+            Some(Notify::NEVER)
+        );
+        assert_eq!(Notify::NEVER.keyword(), "NEVER");
+        assert!(rcpt_p("RCPT TO:<a@b.test>").is_empty());
+        assert!(RcptParams::default().effective_notify().failure);
+        for line in [
+            "RCPT TO:<a@b.test> NOTIFY=NEVER,SUCCESS",
+            "RCPT TO:<a@b.test> NOTIFY=SUCCESS,SUCCESS",
+            "RCPT TO:<a@b.test> NOTIFY=SUCCESS,",
+            "RCPT TO:<a@b.test> NOTIFY=ALWAYS",
+            "RCPT TO:<a@b.test> ORCPT=a@b.test",
+            "RCPT TO:<a@b.test> ORCPT=;a@b.test",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;",
+            "RCPT TO:<a@b.test> ORCPT=rf(c;a@b.test",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a+2@b.test",
+            "RCPT TO:<a@b.test> ORCPT",
+        ] {
+            assert_eq!(code(line), USAGE, "{line}");
+        }
+        let long = format!("rfc822;{}@b.test", "l".repeat(MAX_ORCPT - 14));
+        assert_eq!(long.len(), MAX_ORCPT);
+        assert!(rcpt_p(&format!("RCPT TO:<a@b.test> ORCPT={long}"))
+            .orcpt
+            .is_some());
+        assert_eq!(
+            err(format!("RCPT TO:<a@b.test> ORCPT=x{long}").as_bytes()).reply(),
+            "501 5.5.4 ORCPT longer than 500 characters"
+        );
+        // Stored as the keyword list, read back the same.
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<RcptParams>(&json).unwrap(), p);
+        assert!(serde_json::from_str::<RcptParams>(r#"{"notify":"NEVER,DELAY"}"#).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::command::{RcptParams, Ret};
 use super::spool::Spool;
 use crate::config::RelayConfig;
 use crate::dane::{host_rule, hosts_to_try, HostRule};
@@ -42,6 +43,18 @@ pub struct Job {
     pub rcpts: Vec<(usize, String)>,
     pub size: u64,
     pub smtputf8: bool,
+    /// `RET=` and `ENVID=` of the message, passed on to a next hop that
+    /// offers DSN (RFC 3461 §5.2.1).
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// NOTIFY and ORCPT per envelope recipient (index as in `rcpts`).
+    pub rcpt_params: Vec<RcptParams>,
+    /// RFC 8689 §4.2.1: only an authenticated MX, over validated TLS,
+    /// offering REQUIRETLS.
+    pub requiretls: bool,
+    /// RFC 8689 §5 `TLS-Required: No` (honoured at receipt): the domain's
+    /// MTA-STS and DANE policies are not enforced.
+    pub tls_optional: bool,
 }
 
 /// What became of one recipient in this attempt.
@@ -50,6 +63,9 @@ pub enum RcptResult {
     Delivered {
         mx: String,
         reply: String,
+        /// The next hop offered DSN and was given NOTIFY/ORCPT: it, not
+        /// we, reports further (RFC 3461 §5.2.2).
+        dsn: bool,
     },
     Failed {
         /// 5xx, or a rule that retrying cannot change (null MX, …).
@@ -215,6 +231,9 @@ impl Deliverer {
                 })
                 .collect()
         };
+        // A REQUIRETLS message to a domain whose policy cannot be known
+        // right now is deferred, not bounced: it may well have one.
+        let mut policy_unknown = false;
         let mode = match me.resolver.lookup(&job.domain).await {
             // Without the store we cannot know whether an enforce policy
             // exists: deferring is the only safe answer.
@@ -235,8 +254,19 @@ impl Deliverer {
                 {
                     me.tlsrpt.sts_failure(&job.domain, rt);
                 }
+                policy_unknown = matches!(why, NoPolicy::Backoff(_) | NoPolicy::Pending);
                 TlsMode::Opportunistic("no-policy")
             }
+        };
+        let mode = match mode {
+            // RFC 8689 §4.2.1: for a REQUIRETLS message a policy in
+            // "testing" mode is applied as if it were "enforce".
+            TlsMode::Testing(p) if job.requiretls => TlsMode::Enforce(p),
+            // RFC 8689 §5: TLS-Required: No asks that the policy not be
+            // enforced; the checks are still made, logged and reported,
+            // exactly as under "testing". §3: REQUIRETLS wins over it.
+            TlsMode::Enforce(p) if job.tls_optional && !job.requiretls => TlsMode::Testing(p),
+            m => m,
         };
 
         let (dane, decided_mx) = match me.resolver.dane_and_mx(&job.domain).await {
@@ -287,6 +317,12 @@ impl Deliverer {
         let mut candidates: Vec<(String, TlsMode)> = Vec::new();
         for host in hosts {
             match host_rule(dane.as_deref(), &host) {
+                HostRule::Dane(_) if job.tls_optional && !job.requiretls => {
+                    // RFC 8689 §5: the TLSA records are not enforced.
+                    tracing::info!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, "TLS-Required: No: DANE not enforced for this message (opportunistic TLS)");
+                    candidates.push((host, TlsMode::Opportunistic("tls-required-no")));
+                    continue;
+                }
                 HostRule::Dane(records) => {
                     // DANE wins over MTA-STS for this host, listed or not.
                     candidates.push((host, TlsMode::Dane(records)));
@@ -316,6 +352,35 @@ impl Deliverer {
             }
             candidates.push((host, mode.clone()));
         }
+        if job.requiretls {
+            // RFC 8689 §4.2.1 items 1-2: only an MX host authenticated by
+            // DANE or by an (enforced) MTA-STS policy, which the strict
+            // modes are; an opportunistic host is never contacted.
+            let before = candidates.len();
+            candidates.retain(|(_, m)| m.strict());
+            if candidates.is_empty() && before > 0 {
+                tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, policy_unknown, "REQUIRETLS message: no MX host of the domain is authenticated by MTA-STS or DANE");
+                crate::metrics::metrics().relay_policy_failure("requiretls", "no-authenticated-mx");
+                // RFC 8689 §5 (and RFC 3463's X.7.10 "encryption needed"):
+                // permanent when the domain provably has no policy.
+                return if policy_unknown {
+                    all(
+                        false,
+                        format!(
+                            "REQUIRETLS: the MTA-STS policy of {} cannot be had right now; retried",
+                            job.domain
+                        ),
+                        "4.7.10",
+                    )
+                } else {
+                    all(
+                        true,
+                        format!("REQUIRETLS: {} has no MTA-STS policy and no DANE-authenticated MX host, so the message cannot be delivered with the TLS its sender required", job.domain),
+                        "5.7.10",
+                    )
+                };
+            }
+        }
         candidates.truncate(me.cfg.max_mx_hosts);
         if candidates.is_empty() && !failures.is_empty() {
             return all(
@@ -337,6 +402,8 @@ impl Deliverer {
         }
 
         let mut last = NoSession::new("no MX address could be tried", "4.4.1");
+        // Sessions tried, and how many of them ended on a missing REQUIRETLS.
+        let (mut tried, mut lacked_requiretls) = (0usize, 0usize);
         for (host, host_mode) in &candidates {
             let addrs = self.addresses(host).await;
             if addrs.is_empty() {
@@ -349,6 +416,10 @@ impl Deliverer {
                 match self.attempt(job, host_mode, host, addr).await {
                     Attempt::Done(results) => return results,
                     Attempt::Next(why) => {
+                        tried += 1;
+                        if why.code == "5.7.30" {
+                            lacked_requiretls += 1;
+                        }
                         match &why.reply {
                             Some(reply) => {
                                 failures.push(format!("{host}[{ip}]: {}: {reply}", why.reason))
@@ -359,6 +430,26 @@ impl Deliverer {
                     }
                 }
             }
+        }
+        // RFC 8689 §4.2.1 item 3 and its 5.7.30: every host reached over
+        // authenticated TLS lacked REQUIRETLS, which a retry will not fix.
+        if job.requiretls && lacked_requiretls > 0 && lacked_requiretls == tried {
+            return job
+                .rcpts
+                .iter()
+                .map(|(i, _)| {
+                    (
+                        *i,
+                        RcptResult::Failed {
+                            permanent: true,
+                            mx: None,
+                            reply: None,
+                            reason: format!("REQUIRETLS: {}", failures.join("; ")),
+                            code: "5.7.30".to_string(),
+                        },
+                    )
+                })
+                .collect();
         }
         let reason = match &mode {
             TlsMode::Enforce(p) => format!(
@@ -506,6 +597,14 @@ impl Deliverer {
             mx,
             addr,
         };
+        if job.requiretls && (!mode.strict() || !use_tls) {
+            // deliver() only hands strict modes on; a REQUIRETLS message is
+            // never on a path that could be weaker, whatever changes there.
+            return SessionEnd::Attempt(Attempt::Next(NoSession::new(
+                "REQUIRETLS: not an authenticated TLS path",
+                "4.7.10",
+            )));
+        }
         let next = |this: &Self, why: NoSession| {
             this.log_attempt(
                 at,
@@ -706,6 +805,17 @@ impl Deliverer {
                     .collect(),
             );
         }
+        // RFC 8689 §4.2.1 item 3: the next hop must offer REQUIRETLS (only
+        // ever reached over authenticated TLS, see `session`).
+        if job.requiretls && !ehlo.has("REQUIRETLS") {
+            conn.quit().await;
+            let why = NoSession::new(format!("{mx} does not offer REQUIRETLS"), "5.7.30");
+            log("deferred", &why.reason);
+            return Attempt::Next(why);
+        }
+        // RFC 3461 §5.2.1: the parameters go on when the next hop offers
+        // DSN, and only then (it would refuse them otherwise).
+        let dsn = ehlo.has("DSN");
         let mut mail = format!("MAIL FROM:<{}>", job.sender);
         if ehlo.has("SIZE") {
             mail.push_str(&format!(" SIZE={}", job.size));
@@ -718,6 +828,17 @@ impl Deliverer {
         }
         if job.smtputf8 {
             mail.push_str(" SMTPUTF8");
+        }
+        if job.requiretls {
+            mail.push_str(" REQUIRETLS");
+        }
+        if dsn {
+            if let Some(ret) = job.ret {
+                mail.push_str(&format!(" RET={}", ret.keyword()));
+            }
+            if let Some(envid) = &job.envid {
+                mail.push_str(&format!(" ENVID={}", crate::smtp::xtext::encode(envid)));
+            }
         }
         let reply = match conn.command(&mail).await {
             Ok(r) => r,
@@ -748,7 +869,17 @@ impl Deliverer {
         let mut results: Vec<(usize, RcptResult)> = Vec::new();
         let mut accepted: Vec<usize> = Vec::new();
         for (i, rcpt) in &job.rcpts {
-            match conn.command(&format!("RCPT TO:<{rcpt}>")).await {
+            let mut line = format!("RCPT TO:<{rcpt}>");
+            if dsn {
+                let p = job.rcpt_params.get(*i).cloned().unwrap_or_default();
+                if let Some(n) = p.notify {
+                    line.push_str(&format!(" NOTIFY={}", n.keyword()));
+                }
+                if let Some(o) = &p.orcpt {
+                    line.push_str(&format!(" ORCPT={}", o.encoded()));
+                }
+            }
+            match conn.command(&line).await {
                 Ok(r) if r.is_positive() => accepted.push(*i),
                 Ok(r) => {
                     let reason = "the remote server refused the recipient";
@@ -814,6 +945,7 @@ impl Deliverer {
                     RcptResult::Delivered {
                         mx: mx.to_string(),
                         reply: r.one_line(),
+                        dsn,
                     },
                 );
                 conn.quit().await;

@@ -37,6 +37,26 @@ pub struct FailedRecipient {
     pub diagnostic: Option<String>,
     /// Our one-line human explanation.
     pub reason: String,
+    /// `ORCPT=` as given (RFC 3461 §4.2): address type and the decoded
+    /// address, reported as `Original-Recipient` (RFC 3464 §2.3.1).
+    pub orcpt: Option<(String, String)>,
+    /// Not a failure: delivered to a next hop without DSN, reported as
+    /// `relayed` with status 2.0.0 (RFC 3461 §6.2.6.2 item c).
+    pub relayed: bool,
+}
+
+/// Which report this is (RFC 3464 §2.3.3 Action, the same for every
+/// recipient of one report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Given up: `failed`.
+    Failure,
+    /// Still being retried (NOTIFY=DELAY): `delayed`, with the unix second
+    /// the queue gives up at.
+    Delay { until: u64 },
+    /// Given to a next hop that does not offer DSN while NOTIFY=SUCCESS
+    /// was asked for: `relayed` (RFC 3461 §6.2.6.2 item c).
+    Relayed,
 }
 
 /// Everything needed to write one bounce.
@@ -56,7 +76,19 @@ pub struct Bounce<'a> {
     pub original: &'a [u8],
     /// True when the queue lifetime ran out.
     pub expired: bool,
+    pub notice: Notice,
+    /// `ENVID=` of the message (RFC 3464 §2.2.1 Original-Envelope-Id).
+    pub envid: Option<&'a str>,
+    /// `RET=FULL` on a failure report: the whole message goes back as
+    /// `message/rfc822` when it is at most [`FULL_CAP`] octets with every
+    /// line within the RFC 5322 limit; otherwise, like `RET=HDRS` and
+    /// like every delay or relayed report, its header section only.
+    pub full: bool,
 }
+
+/// Largest original returned whole for `RET=FULL`; above it the headers
+/// go back alone, so that a bounce cannot itself become undeliverable.
+pub const FULL_CAP: usize = 1024 * 1024;
 
 // RFC 5322 §2.1.1: hard limit, excluding CRLF.
 const MAX_LINE: usize = 998;
@@ -88,9 +120,14 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     let host = host_name(b.reporting_mta);
     let qid = token(b.queue_id, 64);
 
-    let text = text_part(b, &host);
+    let full = b.full && b.notice == Notice::Failure && returnable_whole(b.original);
+    let text = text_part(b, &host, full);
     let status = status_part(b, &host);
-    let headers = header_section(b.original);
+    let headers = if full {
+        b.original.to_vec()
+    } else {
+        header_section(b.original)
+    };
 
     let text_8bit = !text.is_ascii();
     let headers_8bit = !headers.is_ascii();
@@ -107,11 +144,22 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
         "Content-Description: Delivery report\r\n\
          Content-Type: message/delivery-status\r\n"
             .to_string(),
-        // RFC 6522 §4: text/rfc822-headers carries the header section only.
+        // RFC 6522 §4: text/rfc822-headers carries the header section only;
+        // RFC 3461 §4.3 RET=FULL the whole message.
         format!(
-            "Content-Description: Undelivered message headers\r\n\
-             Content-Type: text/rfc822-headers\r\n\
+            "Content-Description: {}\r\n\
+             Content-Type: {}\r\n\
              Content-Transfer-Encoding: {}\r\n",
+            if full {
+                "Undelivered message"
+            } else {
+                "Message headers"
+            },
+            if full {
+                "message/rfc822"
+            } else {
+                "text/rfc822-headers"
+            },
             if headers_8bit { "8bit" } else { "7bit" }
         ),
     ];
@@ -156,7 +204,15 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
         .filter(|c| *c != '<' && *c != '>' && *c != ' ')
         .collect();
     push_field(&mut top, "To", &format!("<{to}>"));
-    push_field(&mut top, "Subject", "Undelivered Mail Returned to Sender");
+    push_field(
+        &mut top,
+        "Subject",
+        match b.notice {
+            Notice::Failure => "Undelivered Mail Returned to Sender",
+            Notice::Delay { .. } => "Delayed Mail (still being retried)",
+            Notice::Relayed => "Successful Mail Delivery Report (relayed)",
+        },
+    );
     push_field(&mut top, "Date", &rfc5322_date(b.now));
     // RFC 5322 §3.6.4: id-left is dot-atom-text, which `token` guarantees.
     push_field(
@@ -254,7 +310,18 @@ pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-fn text_part(b: &Bounce<'_>, host: &str) -> String {
+/// A message that can go back whole inside `message/rfc822`: small
+/// enough, and no line over the RFC 5322 §2.1.1 limit (a longer one would
+/// have to be cut, which would no longer be the message).
+fn returnable_whole(original: &[u8]) -> bool {
+    original.len() <= FULL_CAP
+        && original
+            .split(|&c| c == b'\n')
+            .all(|line| line.len() <= MAX_LINE + 1)
+        && !original.contains(&0)
+}
+
+fn text_part(b: &Bounce<'_>, host: &str, full: bool) -> String {
     let mut t = String::with_capacity(1024);
     push_wrapped(
         &mut t,
@@ -263,20 +330,35 @@ fn text_part(b: &Bounce<'_>, host: &str) -> String {
         "",
     );
     t.push_str("\r\n");
-    let why = if b.expired {
-        "Your message could not be delivered to the recipients listed below \
+    let why = match b.notice {
+        Notice::Failure if b.expired => {
+            "Your message could not be delivered to the recipients listed below \
          before its time in the queue ran out, so delivery has been abandoned."
-    } else {
-        "Your message could not be delivered to the recipients listed below. \
+                .to_string()
+        }
+        Notice::Failure => "Your message could not be delivered to the recipients listed below. \
          The failure is permanent, so no further attempts will be made."
+            .to_string(),
+        Notice::Delay { until } => format!(
+            "Your message has not yet been delivered to the recipients listed below. \
+             It is still queued and will be retried until {}; you do not need to send it again.",
+            rfc5322_date(until)
+        ),
+        Notice::Relayed => {
+            "Your message was handed on to the recipients' mail servers listed below. \
+         They do not offer delivery status notifications, so this is the last report you \
+         will get about it."
+                .to_string()
+        }
     };
-    push_wrapped(&mut t, why, "", "");
+    push_wrapped(&mut t, &why, "", "");
     push_wrapped(
         &mut t,
         &format!(
-            "The message arrived on {} with queue ID {}; its headers are attached.",
+            "The message arrived on {} with queue ID {}; {} attached.",
             rfc5322_date(b.arrival),
-            token(b.queue_id, 64)
+            token(b.queue_id, 64),
+            if full { "it is" } else { "its headers are" }
         ),
         "",
         "",
@@ -310,6 +392,13 @@ fn text_part(b: &Bounce<'_>, host: &str) -> String {
 // per-recipient fields per recipient, groups separated by blank lines.
 fn status_part(b: &Bounce<'_>, host: &str) -> String {
     let mut s = String::with_capacity(256 + 256 * b.recipients.len());
+    // §2.2.1: the sender's ENVID, exactly as given (xtext-decoded at MAIL,
+    // printable ASCII only), so it can match the report to its message.
+    if let Some(envid) = b.envid.map(|e| ascii_only(&clean_line(e, 200))) {
+        if !envid.is_empty() {
+            push_field(&mut s, "Original-Envelope-Id", &envid);
+        }
+    }
     // §2.2.2: Reporting-MTA is required and names us by DNS name.
     push_field(&mut s, "Reporting-MTA", &format!("dns; {host}"));
     // §2.2.5
@@ -317,15 +406,33 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
     let now = rfc5322_date(b.now);
     for r in b.recipients {
         s.push_str("\r\n");
+        // §2.3.1: from ORCPT, address type and address as the sender gave
+        // them.
+        if let Some((kind, addr)) = &r.orcpt {
+            let kind = token(kind, 32);
+            let addr = ascii_only(&clean_line(addr, MAX_ENCODED_ADDRESS));
+            if !addr.is_empty() {
+                push_field(&mut s, "Original-Recipient", &format!("{kind}; {addr}"));
+            }
+        }
         // §2.3.2
         push_field(&mut s, "Final-Recipient", &typed_address(&r.address));
         // §2.3.3: both a permanent failure and an expired lifetime end the
         // attempts, so the action is "failed" either way.
-        push_field(&mut s, "Action", "failed");
+        let action = match b.notice {
+            _ if r.relayed => "relayed",
+            Notice::Failure => "failed",
+            Notice::Delay { .. } => "delayed",
+            Notice::Relayed => "relayed",
+        };
+        push_field(&mut s, "Action", action);
         // §2.3.4 requires a syntactically valid code; a caller mistake must
         // not produce an unparseable report.
         let status = r.status.trim();
-        let status = if is_status_code(status) {
+        let status = if r.relayed || b.notice == Notice::Relayed {
+            // RFC 3463 §3.1: X.0.0, success with nothing more to say.
+            "2.0.0"
+        } else if is_status_code(status) {
             status
         } else if b.expired {
             // RFC 3463 §3.5: X.4.7 "delivery time expired".
@@ -349,6 +456,10 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
         }
         // §2.3.7
         push_field(&mut s, "Last-Attempt-Date", &now);
+        // §2.3.8
+        if let Notice::Delay { until } = b.notice {
+            push_field(&mut s, "Will-Retry-Until", &rfc5322_date(until));
+        }
     }
     s
 }
@@ -634,6 +745,8 @@ mod tests {
             remote_mta: mx.map(str::to_string),
             diagnostic: diag.map(str::to_string),
             reason: reason.to_string(),
+            orcpt: None,
+            relayed: false,
         }
     }
 
@@ -655,6 +768,9 @@ Body: not a header\r\n";
             recipients,
             original,
             expired: false,
+            notice: Notice::Failure,
+            envid: None,
+            full: false,
         }
     }
 
@@ -1064,6 +1180,9 @@ Body: not a header\r\n";
             recipients: &[],
             original: b"",
             expired: true,
+            notice: Notice::Failure,
+            envid: None,
+            full: false,
         };
         let msg = build(&b);
         assert_lines_ok(&msg);

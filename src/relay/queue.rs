@@ -15,8 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use super::command::Ret;
 use super::deliver::{retry_delay, Deliverer, Job, RcptResult};
-use super::dsn::{self, Bounce, FailedRecipient};
+use super::dsn::{self, Bounce, FailedRecipient, Notice};
 use super::spool::{summary, Envelope, LoadError, RcptStatus, Spool, Spooled};
 use crate::config::RelayConfig;
 use crate::store::unix_now;
@@ -138,6 +139,15 @@ impl QueueView {
                 .collect(),
         }
     }
+}
+
+/// How a message the relay writes itself is to be delivered (RFC 8689).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inject {
+    /// Under REQUIRETLS (a report on a REQUIRETLS message).
+    pub requiretls: bool,
+    /// As if it carried an honoured `TLS-Required: No` (TLS-RPT reports).
+    pub tls_optional: bool,
 }
 
 #[derive(Clone)]
@@ -381,6 +391,11 @@ impl Queue {
                             rcpts,
                             size: e.msg.size,
                             smtputf8: env.smtputf8,
+                            ret: env.ret,
+                            envid: env.envid.clone(),
+                            rcpt_params: env.rcpt_params.clone(),
+                            requiretls: env.requiretls,
+                            tls_optional: env.tls_optional,
                         },
                     ));
                 }
@@ -408,6 +423,9 @@ impl Queue {
     async fn complete(&self, job: &Job, results: Vec<(usize, RcptResult)>) {
         let _guard = self.inner.persist.lock().await;
         let now = unix_now();
+        // Recipients owed a delay DSN now, and when the queue gives up.
+        let mut delayed: Vec<usize> = Vec::new();
+        let mut delay_until = 0;
         let state = {
             let mut entries = lock(&self.inner.entries);
             let Some(e) = entries.get_mut(&job.queue_id) else {
@@ -415,6 +433,9 @@ impl Queue {
             };
             e.busy.remove(&job.domain);
             let arrival = e.msg.envelope.arrival;
+            let envelope = &e.msg.envelope;
+            let sender_is_null = envelope.sender.is_empty();
+            let notify_of = |i: usize| envelope.rcpt_params(i).effective_notify();
             let state = &mut e.msg.state;
             let mut deferred = false;
             for (i, r) in results {
@@ -424,7 +445,11 @@ impl Queue {
                 match r {
                     // Only a summary is kept (in memory as on disk): a
                     // remote reply may be 100 lines of 1000 octets.
-                    RcptResult::Delivered { mx, reply } => {
+                    RcptResult::Delivered { mx, reply, dsn } => {
+                        // RFC 3461 §6.2.6.2 (c): a hop without DSN ends
+                        // the reporting chain, so a success DSN is owed
+                        // now, "relayed"; a hop with DSN reports itself.
+                        st.relayed = !dsn && !sender_is_null && notify_of(i).success;
                         st.status = RcptStatus::Delivered;
                         st.mx = Some(summary(&mx));
                         st.reply = Some(summary(&reply));
@@ -474,12 +499,45 @@ impl Queue {
                 } else {
                     let wait = retry_delay(&self.inner.cfg.retry_schedule, sched.attempts);
                     sched.next_attempt = now.saturating_add(wait.as_secs().max(1)).min(expiry);
+                    let warn_after = self.inner.cfg.delay_warning_after.as_secs();
+                    if warn_after > 0
+                        && !state.delay_warned
+                        && !sender_is_null
+                        && now >= arrival.saturating_add(warn_after)
+                    {
+                        delayed = (0..state.rcpts.len())
+                            .filter(|&i| {
+                                state.rcpts.get(i).map(|r| r.status) == Some(RcptStatus::Pending)
+                                    && notify_of(i).delay
+                            })
+                            .collect();
+                        delay_until = expiry;
+                    }
                 }
             } else {
                 state.domains.remove(&job.domain);
             }
             state.clone()
         };
+        let mut state = state;
+        if !delayed.is_empty() {
+            // Queued before the flag is saved: a crash in between repeats
+            // the warning, never loses it.
+            match self
+                .delay_warning(&job.queue_id, &delayed, delay_until)
+                .await
+            {
+                Ok(()) => {
+                    state.delay_warned = true;
+                    if let Some(e) = lock(&self.inner.entries).get_mut(&job.queue_id) {
+                        e.msg.state.delay_warned = true;
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(queue_id = %job.queue_id, error = %err, "cannot queue the delay DSN; tried again at the next attempt");
+                }
+            }
+        }
         let spool = self.inner.spool.clone();
         let id = job.queue_id.clone();
         let saved = tokio::task::spawn_blocking(move || spool.save_state(&id, &state)).await;
@@ -500,21 +558,32 @@ impl Queue {
             Some(e) => (e.msg.clone(), e.bounced),
             None => return, // deleted meanwhile
         };
+        let failed_count = msg
+            .state
+            .rcpts
+            .iter()
+            .filter(|st| st.status == RcptStatus::Failed)
+            .count();
+        // RFC 3461 §4.1: a failure is reported only to a sender who did not
+        // say NOTIFY=NEVER (or a list without FAILURE); successes owed to
+        // NOTIFY=SUCCESS past a hop without DSN go in the same report.
         let failed: Vec<FailedRecipient> = msg
             .envelope
             .recipients
             .iter()
             .zip(&msg.state.rcpts)
-            .filter(|(_, st)| st.status == RcptStatus::Failed)
-            .map(|(addr, st)| FailedRecipient {
-                address: addr.clone(),
-                status: st.code.clone().unwrap_or_else(|| "5.0.0".to_string()),
-                remote_mta: st.mx.clone(),
-                diagnostic: st.reply.clone(),
-                reason: st.reason.clone().unwrap_or_default(),
+            .enumerate()
+            .filter(|(i, (_, st))| {
+                let notify = msg.envelope.rcpt_params(*i).effective_notify();
+                (st.status == RcptStatus::Failed && notify.failure)
+                    || (st.status == RcptStatus::Delivered && st.relayed)
             })
+            .map(|(i, (addr, st))| self.reported(&msg, i, addr, st))
             .collect();
-        let delivered = msg.state.rcpts.len() - failed.len();
+        let delivered = msg.state.rcpts.len() - failed_count;
+        if failed_count > 0 && failed.iter().all(|f| f.relayed) {
+            tracing::info!(queue_id = %id, failed = failed_count, "failed recipients asked for no failure DSN (NOTIFY); none sent");
+        }
         if !failed.is_empty() && !bounced {
             if msg.envelope.sender.is_empty() {
                 // RFC 5321 §6.1: never bounce a bounce.
@@ -556,41 +625,155 @@ impl Queue {
         }
     }
 
-    /// Queues the RFC 3464 bounce for `failed` to the message's sender.
-    async fn bounce(&self, msg: &Spooled, failed: &[FailedRecipient]) -> Result<(), String> {
+    /// Recipient `i` as a DSN reports it.
+    fn reported(
+        &self,
+        msg: &Spooled,
+        i: usize,
+        addr: &str,
+        st: &super::spool::RcptState,
+    ) -> FailedRecipient {
+        let orcpt = msg
+            .envelope
+            .rcpt_params(i)
+            .orcpt
+            .map(|o| (o.addr_type, o.addr));
+        if st.status == RcptStatus::Delivered {
+            let mx = st.mx.clone().unwrap_or_default();
+            return FailedRecipient {
+                address: addr.to_string(),
+                status: "2.0.0".to_string(),
+                remote_mta: st.mx.clone(),
+                diagnostic: st.reply.clone(),
+                reason: format!(
+                    "delivered to {mx}, which does not offer delivery status notifications"
+                ),
+                orcpt,
+                relayed: true,
+            };
+        }
+        FailedRecipient {
+            address: addr.to_string(),
+            status: st.code.clone().unwrap_or_else(|| "5.0.0".to_string()),
+            remote_mta: st.mx.clone(),
+            diagnostic: st.reply.clone(),
+            reason: st.reason.clone().unwrap_or_default(),
+            orcpt,
+            relayed: false,
+        }
+    }
+
+    /// The spooled message, at most `cap` octets of it.
+    async fn original(&self, id: &str, cap: usize) -> Result<Vec<u8>, String> {
         let spool = self.inner.spool.clone();
-        let id = msg.envelope.id.clone();
-        let original = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             use std::io::Read;
             let mut buf = Vec::new();
             spool
                 .open_body(&id)?
-                .take(64 * 1024 + 1024)
+                .take(cap as u64)
                 .read_to_end(&mut buf)?;
             Ok(buf)
         })
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        let expired = failed.iter().any(|f| f.status.starts_with('4'));
+        .map_err(|e| e.to_string())
+    }
+
+    /// Queues an RFC 3464 report to the message's sender. RFC 8689 §4.3:
+    /// the report on a REQUIRETLS message carries the original's header,
+    /// so it is sent under REQUIRETLS too.
+    async fn report(
+        &self,
+        msg: &Spooled,
+        recipients: &[FailedRecipient],
+        notice: Notice,
+    ) -> Result<String, String> {
+        let full = notice == Notice::Failure && msg.envelope.ret == Some(Ret::Full);
+        // One octet over the cap tells `dsn::build` the message is too big
+        // to go back whole.
+        let cap = if full {
+            dsn::FULL_CAP + 1
+        } else {
+            64 * 1024 + 1024
+        };
+        let original = self.original(&msg.envelope.id, cap).await?;
+        let expired = recipients.iter().any(|f| f.status.starts_with('4'));
         let text = dsn::build(&Bounce {
             reporting_mta: &self.inner.hostname,
             queue_id: &msg.envelope.id,
             sender: &msg.envelope.sender,
             arrival: msg.envelope.arrival,
             now: unix_now(),
-            recipients: failed,
+            recipients,
             original: &original,
             expired,
+            notice,
+            envid: msg.envelope.envid.as_deref(),
+            full,
         });
-        let bounce_id = self
-            .inject(
-                &msg.envelope.sender,
-                format!("bounce of {}", msg.envelope.id),
-                text,
-            )
+        let flags = Inject {
+            requiretls: msg.envelope.requiretls,
+            tls_optional: false,
+        };
+        self.inject_with(
+            &msg.envelope.sender,
+            format!("DSN for {}", msg.envelope.id),
+            text,
+            flags,
+        )
+        .await
+    }
+
+    /// Queues the RFC 3464 bounce for `failed` (and the "relayed" successes
+    /// reported with it) to the message's sender.
+    async fn bounce(&self, msg: &Spooled, failed: &[FailedRecipient]) -> Result<(), String> {
+        let notice = if failed.iter().all(|f| f.relayed) {
+            Notice::Relayed
+        } else {
+            Notice::Failure
+        };
+        let bounce_id = self.report(msg, failed, notice).await?;
+        let relayed = failed.iter().filter(|f| f.relayed).count();
+        let metrics = crate::metrics::metrics();
+        if relayed > 0 {
+            metrics.relay_dsn_sent("relayed");
+        }
+        if relayed < failed.len() {
+            metrics.relay_dsn_sent("failed");
+        }
+        tracing::info!(queue_id = %msg.envelope.id, bounce_id = %bounce_id, to = %msg.envelope.sender, failed = failed.len() - relayed, relayed, "bounce queued");
+        Ok(())
+    }
+
+    /// Queues the one delay DSN (RFC 3461 §4.1 DELAY) of a message for
+    /// recipients `rcpts` (envelope indexes).
+    async fn delay_warning(&self, id: &str, rcpts: &[usize], until: u64) -> Result<(), String> {
+        let Some(msg) = lock(&self.inner.entries).get(id).map(|e| e.msg.clone()) else {
+            return Ok(());
+        };
+        let reported: Vec<FailedRecipient> = rcpts
+            .iter()
+            .filter_map(|&i| {
+                let addr = msg.envelope.recipients.get(i)?;
+                let st = msg.state.rcpts.get(i)?;
+                let mut r = self.reported(&msg, i, addr, st);
+                // RFC 3463 §3.5 X.4.7: the time this has been waiting.
+                if !r.status.starts_with('4') {
+                    r.status = "4.4.7".to_string();
+                }
+                Some(r)
+            })
+            .collect();
+        if reported.is_empty() {
+            return Ok(());
+        }
+        let dsn_id = self
+            .report(&msg, &reported, Notice::Delay { until })
             .await?;
-        tracing::info!(queue_id = %msg.envelope.id, bounce_id = %bounce_id, to = %msg.envelope.sender, failed = failed.len(), "bounce queued");
+        crate::metrics::metrics().relay_dsn_sent("delayed");
+        tracing::info!(queue_id = %id, dsn_id = %dsn_id, to = %msg.envelope.sender, delayed = reported.len(), "delay DSN queued (NOTIFY=DELAY)");
         Ok(())
     }
 
@@ -598,6 +781,17 @@ impl Queue {
     /// report) for one recipient, from the null reverse-path, so that it
     /// is never bounced in turn. Durable once this returns its queue id.
     pub async fn inject(&self, to: &str, client: String, text: Vec<u8>) -> Result<String, String> {
+        self.inject_with(to, client, text, Inject::default()).await
+    }
+
+    /// [`inject`](Self::inject) with the RFC 8689 flags of the envelope.
+    pub async fn inject_with(
+        &self,
+        to: &str,
+        client: String,
+        text: Vec<u8>,
+        flags: Inject,
+    ) -> Result<String, String> {
         let envelope = Envelope {
             id: String::new(),
             sender: String::new(),
@@ -605,6 +799,9 @@ impl Queue {
             arrival: unix_now(),
             client,
             smtputf8: !to.is_ascii(),
+            requiretls: flags.requiretls,
+            tls_optional: flags.tls_optional && !flags.requiretls,
+            ..Envelope::default()
         };
         let spool = self.inner.spool.clone();
         let committed = tokio::task::spawn_blocking(move || {

@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-use super::command::{self, Command, MailParams};
+use super::command::{self, Command, MailParams, RcptParams};
 use super::server::Shared;
 use super::spool::Envelope;
 use super::spool_limits::EnvelopeBudget;
@@ -120,6 +120,8 @@ struct Transaction {
     sender: String,
     params: MailParams,
     rcpts: Vec<String>,
+    /// NOTIFY and ORCPT of each recipient, same order.
+    rcpt_params: Vec<RcptParams>,
     /// Room left in the envelope the spool can store and read back.
     budget: EnvelopeBudget,
 }
@@ -326,7 +328,7 @@ impl Session {
             Command::Ehlo(name) => self.ehlo(name, true).await,
             Command::Helo(name) => self.ehlo(name, false).await,
             Command::Mail { from, params } => self.mail(from, params).await,
-            Command::Rcpt { to } => self.rcpt(to).await,
+            Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => self.data().await,
             Command::Rset => {
                 self.tx = None;
@@ -358,7 +360,15 @@ impl Session {
             "8BITMIME".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            // RFC 3461: NOTIFY, ORCPT, RET and ENVID are kept with the
+            // message, honoured in our own DSNs and passed on.
+            "DSN".to_string(),
         ];
+        // RFC 8689 §2: offered only where the submission itself is
+        // protected by TLS.
+        if self.tls {
+            lines.push("REQUIRETLS".to_string());
+        }
         if self.shared.tls.is_some() && !self.tls {
             lines.push("STARTTLS".to_string());
         }
@@ -532,6 +542,13 @@ impl Session {
         if params.smtputf8 && !self.esmtp {
             return self.error("503 5.5.1 SMTPUTF8 needs EHLO").await;
         }
+        // RFC 8689 §2 offers REQUIRETLS only after STARTTLS; RFC 3207 §4
+        // names 530 for "STARTTLS first", and 5.7.10 is "encryption needed".
+        if params.requiretls && !self.tls {
+            return self
+                .error("530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first")
+                .await;
+        }
         if params
             .size
             .is_some_and(|s| s > self.shared.cfg.max_message_size)
@@ -545,11 +562,12 @@ impl Session {
             sender: from,
             params,
             rcpts: Vec::new(),
+            rcpt_params: Vec::new(),
         });
         self.reply("250 2.1.0 Ok").await
     }
 
-    async fn rcpt(&mut self, to: String) -> Step {
+    async fn rcpt(&mut self, to: String, params: RcptParams) -> Step {
         let max = self.shared.cfg.max_recipients;
         let Some(tx) = &self.tx else {
             return self.error("503 5.5.1 Need MAIL before RCPT").await;
@@ -580,14 +598,34 @@ impl Session {
         if let Some(tx) = &mut self.tx {
             // An envelope too long to read back after a restart would
             // strand the message: refuse the recipient that does not fit.
-            if !tx.budget.add(&to) {
+            if !tx.budget.add(&to, &params) {
                 return self
                     .reply("452 4.5.3 Too many recipients for one message")
                     .await;
             }
             tx.rcpts.push(to);
+            tx.rcpt_params.push(params);
         }
         self.reply("250 2.1.5 Ok").await
+    }
+
+    /// RFC 8689 §5: `TLS-Required: No` asks that the recipient domain's
+    /// MTA-STS and DANE policies not be enforced. Honoured only from a
+    /// client that may relay (allowed network or AUTH), unless switched
+    /// off; §3 says a REQUIRETLS message ignores the field.
+    fn tls_required_no(&self, writer: &mut super::spool::SpoolWriter, requiretls: bool) {
+        let outcome = if requiretls {
+            "ignored-requiretls"
+        } else if !self.shared.cfg.honour_tls_required_no {
+            "ignored-disabled"
+        } else if !self.allowed && self.user.is_none() {
+            "ignored-untrusted"
+        } else {
+            writer.set_tls_optional();
+            "honoured"
+        };
+        tracing::info!(queue_id = %writer.id(), peer = %self.peer, user = ?self.user, outcome, "message carries TLS-Required: No (RFC 8689)");
+        crate::metrics::metrics().relay_tls_required_no(outcome);
     }
 
     async fn data(&mut self) -> Step {
@@ -608,6 +646,15 @@ impl Session {
                 self.helo.clone().unwrap_or_default()
             ),
             smtputf8: tx.params.smtputf8,
+            ret: tx.params.ret,
+            envid: tx.params.envid.clone(),
+            rcpt_params: if tx.rcpt_params.iter().all(RcptParams::is_empty) {
+                Vec::new()
+            } else {
+                tx.rcpt_params.clone()
+            },
+            requiretls: tx.params.requiretls,
+            tls_optional: false,
         };
         let writer = match self.shared.queue.spool().create(envelope) {
             Ok(w) => w,
@@ -640,6 +687,7 @@ impl Session {
         let mut io_error: Option<io::Error> = writer.write(received.as_bytes()).err();
         let mut too_big = false;
         let mut decoder = DataDecoder::new(MAX_DATA_LINE);
+        let mut tls_required = crate::smtp::headers::TlsRequiredScan::new();
         let mut out: Vec<u8> = Vec::with_capacity(80 * 1024);
         let mut content: Vec<u8> = Vec::with_capacity(16 * 1024);
         let mut chunk = [0u8; 8192];
@@ -654,6 +702,7 @@ impl Session {
                     too_big = true;
                 }
                 if !too_big && !decoder.overlong() && io_error.is_none() {
+                    tls_required.feed(&content);
                     out.extend_from_slice(&content);
                     if out.len() >= 64 * 1024 {
                         io_error = writer.write(&out).err();
@@ -700,6 +749,9 @@ impl Session {
         }
         if io_error.is_none() && !out.is_empty() {
             io_error = writer.write(&out).err();
+        }
+        if tls_required.found() {
+            self.tls_required_no(&mut writer, tx.params.requiretls);
         }
         if let Some(e) = io_error {
             tracing::error!(peer = %self.peer, error = %e, "cannot write to the spool");

@@ -18,10 +18,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::command::{RcptParams, Ret};
 pub use super::spool_limits::{summary, MAX_ENVELOPE, MAX_STATE};
 
 /// Who sent a message to whom, as the client gave it in MAIL and RCPT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Every field added after the first release has a serde default, so a
+/// message spooled by an older version loads as one without it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: String,
     /// The reverse path; empty for a bounce (null sender).
@@ -32,6 +36,31 @@ pub struct Envelope {
     /// The client's address and EHLO name, for logs.
     pub client: String,
     pub smtputf8: bool,
+    /// `RET=` (RFC 3461 §4.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// `ENVID=`, decoded (RFC 3461 §4.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// `NOTIFY=` and `ORCPT=` per recipient, same order as `recipients`;
+    /// empty when no recipient had any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rcpt_params: Vec<RcptParams>,
+    /// `MAIL FROM ... REQUIRETLS` (RFC 8689 §4.1): delivered only under its
+    /// rules, on every attempt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
+    /// A `TLS-Required: No` header field honoured at receipt (RFC 8689
+    /// §5): the recipient domain's MTA-STS or DANE policy is not enforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_optional: bool,
+}
+
+impl Envelope {
+    /// The DSN parameters of recipient `i` (none for an old spool file).
+    pub fn rcpt_params(&self, i: usize) -> RcptParams {
+        self.rcpt_params.get(i).cloned().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +87,10 @@ pub struct RcptState {
     /// Enhanced status code for a bounce.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Delivered to a next hop that does not offer DSN while the sender
+    /// asked for NOTIFY=SUCCESS: a "relayed" DSN is owed (RFC 3461 §5.2.2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
 }
 
 impl RcptState {
@@ -68,6 +101,7 @@ impl RcptState {
             mx: None,
             reason: None,
             code: None,
+            relayed: false,
         }
     }
 }
@@ -86,6 +120,9 @@ pub struct QueueState {
     /// One per envelope recipient, same order.
     pub rcpts: Vec<RcptState>,
     pub domains: BTreeMap<String, DomainSchedule>,
+    /// The delay DSN (RFC 3461 §4.1 DELAY) has been queued.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
 }
 
 impl QueueState {
@@ -97,6 +134,7 @@ impl QueueState {
                 .map(|_| RcptState::pending())
                 .collect(),
             domains: BTreeMap::new(),
+            delay_warned: false,
         }
     }
 }
@@ -557,9 +595,11 @@ impl QueueState {
                     mx: cut(&r.mx),
                     reason: cut(&r.reason),
                     code: cut(&r.code),
+                    relayed: r.relayed,
                 })
                 .collect(),
             domains: self.domains.clone(),
+            delay_warned: self.delay_warned,
         }
     }
 }
@@ -627,7 +667,9 @@ pub struct SpoolWriter {
 
 /// Spaces after the envelope JSON, replaced at commit by `,"body_size":N`
 /// (at most 33 octets); JSON allows the whitespace that remains.
-const SEAL_ROOM: usize = 40;
+/// 64 leaves room for `,"tls_optional":true` too, which only the data
+/// phase can know.
+const SEAL_ROOM: usize = 64;
 
 /// What the commit adds to the envelope line.
 #[derive(Debug, Default, Deserialize)]
@@ -661,6 +703,12 @@ impl SpoolWriter {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Marks the message as carrying an honoured `TLS-Required: No`: known
+    /// only after the data, written with the seal at commit.
+    pub fn set_tls_optional(&mut self) {
+        self.envelope.tls_optional = true;
     }
 
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -785,6 +833,7 @@ mod tests {
             arrival: 1,
             client: "127.0.0.1".into(),
             smtputf8: false,
+            ..Envelope::default()
         }
     }
 

@@ -22,20 +22,21 @@ pub const MAX_SUMMARY: usize = 300;
 const ENVELOPE_FIXED: usize = 8 * 1024;
 /// One recipient in the envelope at worst: every octet escaped (`"` and
 /// `\` double; control characters never pass the RCPT parser), two quotes
-/// and a comma.
-const ENVELOPE_PER_RCPT: usize = 2 * MAX_PATH + 3;
+/// and a comma, plus `{}` and a comma in `rcpt_params`.
+const ENVELOPE_PER_RCPT: usize = 2 * MAX_PATH + 3 + 3;
 /// A JSON string of at most `n` octets after [`summary`]: no control
 /// characters are left, so each octet is at most two.
 const fn encoded(n: usize) -> usize {
     2 * n + 2
 }
-/// One recipient's state at worst: status and keys, four summaries, and
-/// its domain's schedule entry (a domain of at most 255 octets, lowercased
-/// when it is not a valid name, which may grow it by half).
+/// One recipient's state at worst: status and keys, four summaries, the
+/// `relayed` flag, and its domain's schedule entry (a domain of at most 255
+/// octets, lowercased when it is not a valid name, which may grow it by
+/// half).
 const STATE_PER_RCPT: usize =
-    96 + 4 * encoded(MAX_SUMMARY) + encoded(3 * super::command::MAX_DOMAIN / 2) + 64;
-/// Keys and brackets of the state file.
-const STATE_FIXED: usize = 64;
+    96 + 4 * encoded(MAX_SUMMARY) + 16 + encoded(3 * super::command::MAX_DOMAIN / 2) + 64;
+/// Keys and brackets of the state file, the `delay_warned` flag included.
+const STATE_FIXED: usize = 96;
 
 /// The most recipients one message can have and still have its envelope
 /// and its state read back whatever its addresses and replies are.
@@ -93,8 +94,18 @@ impl EnvelopeBudget {
 
     /// Counts `rcpt` in, or says `false` (and counts nothing) when the
     /// envelope would no longer fit.
-    pub fn add(&mut self, rcpt: &str) -> bool {
-        let next = self.used + json_len(rcpt) + 1;
+    /// `params`: the recipient's DSN parameters as they are stored (an
+    /// ORCPT may be 500 octets, more than the address itself), so that a
+    /// client using them gets its `452` here rather than a spool file too
+    /// long to read back.
+    pub fn add(&mut self, rcpt: &str, params: &super::command::RcptParams) -> bool {
+        let stored = if params.is_empty() {
+            // `{}` still takes a place once any recipient has parameters.
+            3
+        } else {
+            serde_json::to_string(params).map_or(usize::MAX / 4, |j| j.len() + 1)
+        };
+        let next = self.used + json_len(rcpt) + 1 + stored;
         if next > MAX_ENVELOPE {
             return false;
         }
@@ -149,7 +160,7 @@ mod tests {
     fn storable_recipients_cover_the_default() {
         assert!(MAX_STORABLE_RECIPIENTS >= crate::config::RelayConfig::default().max_recipients);
         // The number in the README's config reference.
-        assert_eq!(MAX_STORABLE_RECIPIENTS, 1258);
+        assert_eq!(MAX_STORABLE_RECIPIENTS, 1252);
     }
 
     #[test]
@@ -157,17 +168,18 @@ mod tests {
         let mut b = EnvelopeBudget::new("a@x.test");
         let rcpt = format!("{}@{}.test", "l".repeat(64), "d".repeat(180));
         let mut n = 0;
-        while b.add(&rcpt) {
+        let none = super::super::command::RcptParams::default();
+        while b.add(&rcpt, &none) {
             n += 1;
         }
-        let per = json_len(&rcpt) + 1;
+        let per = json_len(&rcpt) + 1 + 3;
         assert_eq!(
             n,
             (MAX_ENVELOPE - ENVELOPE_FIXED - json_len("a@x.test")) / per
         );
         // A refused recipient is not counted: a shorter one may still fit.
         let before = b;
-        assert!(!b.add(&rcpt));
+        assert!(!b.add(&rcpt, &none));
         assert_eq!(b, before);
     }
 }

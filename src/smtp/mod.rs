@@ -14,8 +14,10 @@
 pub mod client;
 pub mod data;
 pub mod dotstuff;
+pub mod headers;
 pub mod probe;
 pub mod reply;
+pub mod xtext;
 
 pub use client::{Ehlo, SmtpConn, SmtpError};
 pub use probe::{probe, ProbeStage, SmtpProbeConfig, SmtpProbeReport};

@@ -556,7 +556,7 @@ async fn max_recipients_beyond_the_spool_limits_is_a_config_error() {
     for needle in [
         "relay.max_recipients",
         "5000",
-        "at most 1258",
+        "at most 1252",
         "1048576",
         "4194304",
     ] {

@@ -35,6 +35,8 @@ mod privdrop;
 mod proxy;
 mod relay;
 mod relay_crash;
+mod relay_dsn;
+mod relay_requiretls;
 mod relay_session;
 mod relay_tlsrpt;
 mod resolver;

@@ -21,7 +21,7 @@ use mta_sts_agent::relay::Relay;
 
 use crate::harness::{eventually, policy, World};
 use crate::postfix_e2e::{add_netns, available, enter_netns, postfix_instance_for, run};
-use crate::relay::{message, relay_toml, submit};
+use crate::relay::{message, relay_toml};
 use crate::support::postfix::Postfix;
 use crate::support::smtp::{ReceivedMessage, SmtpOptions, SmtpServer};
 
@@ -77,10 +77,10 @@ fn relay_through(postfix: &Postfix) {
             .unwrap();
         rt.block_on(async move {
             let world = World::new().await;
-            let good = mx_on(&world, 2, "mx1.enforce.test").await;
+            let good = mx_on(&world, 2, "mx1.enforce.test", true).await;
             // Preferred, with a valid certificate, but not in the policy:
             // only the relay's MTA-STS check keeps mail away from it.
-            let rogue = mx_on(&world, 3, "rogue.enforce.test").await;
+            let rogue = mx_on(&world, 3, "rogue.enforce.test", false).await;
             world
                 .dns
                 .set_a("mx1.enforce.test", &[Ipv4Addr::new(127, 0, 0, 2)]);
@@ -127,7 +127,18 @@ fn relay_through(postfix: &Postfix) {
             }
             let postfix = SocketAddr::from(([127, 0, 0, 1], 25));
             let msg = message("pf-relay", SENDER, RCPT, "hello through two MTAs\r\n");
-            let reply = submit(postfix, SENDER, &[RCPT], &msg).await;
+            // What `sendmail -N success,delay -R hdrs -V pf+env` asks for,
+            // given to Postfix's smtpd: its smtp client passes the DSN
+            // parameters on to our relay, which passes them on again.
+            let (_, reply) = crate::relay_dsn::submit_lines(
+                postfix,
+                &format!("MAIL FROM:<{SENDER}> RET=HDRS ENVID=pf+2Benv"),
+                &[&format!(
+                    "RCPT TO:<{RCPT}> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;{RCPT}"
+                )],
+                &msg,
+            )
+            .await;
             let submit_reply = (reply.code, reply.to_string());
             if reply.code == 250 {
                 eventually(Duration::from_secs(60), || {
@@ -203,6 +214,19 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
     assert_eq!(m.helo, "relay.test", "not delivered by our relay");
     assert_eq!(m.mail_from, SENDER);
     assert_eq!(m.rcpt_to, vec![RCPT.to_string()]);
+    // RFC 3461 end to end: Postfix → our relay → the MX, byte for byte.
+    assert!(
+        m.mail_line.ends_with(" RET=HDRS ENVID=pf+2Benv"),
+        "{postfix}: {}",
+        m.mail_line
+    );
+    assert_eq!(
+        m.rcpt_lines,
+        vec![format!(
+            "RCPT TO:<{RCPT}> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;{RCPT}"
+        )],
+        "{postfix}"
+    );
     let data = String::from_utf8_lossy(&m.data);
     assert!(data.contains("hello through two MTAs"), "{data}");
     // Newest first: our relay's Received, then Postfix's.
@@ -242,12 +266,12 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:8461:postfix
 }
 
 /// An MX fixture with a certificate from the world's CA on 127.0.0.`last`:25.
-async fn mx_on(world: &World, last: u8, name: &str) -> SmtpServer {
+async fn mx_on(world: &World, last: u8, name: &str, dsn: bool) -> SmtpServer {
     SmtpServer::start_on(
         &world.ca,
         IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
         25,
-        SmtpOptions::new(name),
+        SmtpOptions::new(name).dsn(dsn),
     )
     .await
     .unwrap_or_else(|e| panic!("MX fixture on 127.0.0.{last}:25: {e}"))

@@ -136,7 +136,7 @@ pub(crate) fn message(id: &str, from: &str, to: &str, body: &str) -> String {
 }
 
 /// Dot-stuffs a message for DATA (RFC 5321 §4.5.2).
-fn stuffed(msg: &str) -> Vec<u8> {
+pub(crate) fn stuffed(msg: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for line in msg.split_inclusive("\r\n") {
         if line.starts_with('.') {
@@ -204,7 +204,7 @@ pub(crate) async fn submit_from(
     end
 }
 
-fn publish_enforce(world: &World, domain: &str, mx: &[&str]) {
+pub(crate) fn publish_enforce(world: &World, domain: &str, mx: &[&str]) {
     world.publish(domain, "e1", &policy("enforce", mx, 86_400));
 }
 
@@ -225,7 +225,7 @@ fn saw_transaction(server: &SmtpServer) -> bool {
     })
 }
 
-const LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const LIMIT: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn enforce_delivers_over_validated_tls_with_exact_dot_stuffing() {

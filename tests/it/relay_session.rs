@@ -300,6 +300,7 @@ async fn outbound_data_has_only_crlf_and_a_single_end_of_data() {
         arrival: mta_sts_agent::store::unix_now(),
         client: "test".to_string(),
         smtputf8: false,
+        ..Default::default()
     };
     let mut writer = rig.queue.spool().create(envelope).expect("spool file");
     writer.write(&body).expect("write");

@@ -1079,3 +1079,62 @@ async fn relay_queue_for(cfg: &Config) -> Queue {
         .expect("open the relay")
         .queue
 }
+
+#[tokio::test]
+async fn report_mails_carry_tls_required_no_and_reach_a_domain_with_broken_tls() {
+    // RFC 8460 §5.3 / RFC 8689 §5: the reporting domain's own MX has lost
+    // STARTTLS under an enforce policy, which is when its reports matter.
+    let world = World::new().await;
+    let (mx_port, mx) = SmtpServer::start_group(
+        &world.ca,
+        vec![
+            (IpAddr::V4(ip(47)), SmtpOptions::new("mx1.broken.test")),
+            (
+                IpAddr::V4(ip(48)),
+                SmtpOptions::new("mx.reports.test").starttls(false),
+            ),
+        ],
+    )
+    .await;
+    world.dns.set_a("mx1.broken.test", &[ip(47)]);
+    world.dns.set_a("mx.reports.test", &[ip(48)]);
+    world.dns.set_mx("broken.test", &[(10, "mx1.broken.test")]);
+    world.dns.set_mx("reports.test", &[(10, "mx.reports.test")]);
+    world.publish(
+        "broken.test",
+        "b1",
+        &policy("enforce", &["mx1.broken.test"], 86_400),
+    );
+    world.publish(
+        "reports.test",
+        "p1",
+        &policy("enforce", &["mx.reports.test"], 86_400),
+    );
+    world.dns.set_txt(
+        "_smtp._tls.broken.test",
+        &[&["v=TLSRPTv1; rua=mailto:tls-reports@reports.test"]],
+    );
+    let cfg = config(&world, mx_port, "");
+    let relay = start(&world, &cfg, true).await;
+    let msg = message("b", "alice@sender.test", "bob@broken.test", "hi\r\n");
+    let reply = submit(relay.addr, "alice@sender.test", &["bob@broken.test"], &msg).await;
+    assert_eq!(reply.code, 250);
+    assert!(relay.wait_empty().await, "{:#?}", relay.queue.list());
+    let run = relay.tlsrpt.run_reports(today() + 1, &relay.queue).await;
+    assert_eq!((run.generated, run.mailed), (1, 1), "{run:?}");
+    assert!(
+        relay.wait_empty().await,
+        "the report is held by the enforce policy: {:#?}",
+        relay.queue.list()
+    );
+    let mails = mx[1].messages();
+    assert_eq!(mails.len(), 1, "one report mail");
+    assert!(!mails[0].tls, "the fixture offers no STARTTLS");
+    let text = String::from_utf8_lossy(&mails[0].data);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    assert!(
+        head.lines().any(|l| l == "TLS-Required: No"),
+        "no TLS-Required: No in\n{head}"
+    );
+    relay.stop().await;
+}

@@ -1,6 +1,9 @@
 //! One SMTP command line received by the relay (`src/relay/command.rs`),
 //! CRLF already removed: the bytes of any client the relay accepts.
-use mta_sts_agent::relay::command::{parse, split_mailbox, Command, MAX_DOMAIN, MAX_PATH};
+use mta_sts_agent::relay::command::{
+    parse, split_mailbox, Command, MAX_DOMAIN, MAX_ENVID, MAX_ORCPT, MAX_PATH,
+};
+use mta_sts_agent::smtp::xtext;
 use mta_sts_agent_fuzz::has_control;
 
 fn main() {
@@ -42,26 +45,65 @@ fn check_command(cmd: &Command) {
                     "{from:?} has no local@domain"
                 );
             }
-            // The mailbox as parsed is itself a valid reverse path: what
-            // the relay stores and later sends upstream reads back the same.
-            let again = format!(
+            if let Some(envid) = &params.envid {
+                // Decoded xtext is printable ASCII (it goes into DSN fields).
+                assert!(envid.bytes().all(|b| (32..=126).contains(&b)), "{envid:?}");
+                assert!(envid.len() <= MAX_ENVID);
+            }
+            // The mailbox as parsed is itself a valid reverse path, and the
+            // DSN and REQUIRETLS parameters as the relay writes them for a
+            // next hop read back the same.
+            let mut again = format!(
                 "MAIL FROM:<{from}>{}",
                 if params.smtputf8 { " SMTPUTF8" } else { "" }
             );
+            if params.requiretls {
+                again.push_str(" REQUIRETLS");
+            }
+            if let Some(ret) = params.ret {
+                again.push_str(&format!(" RET={}", ret.keyword()));
+            }
+            if let Some(envid) = &params.envid {
+                again.push_str(&format!(" ENVID={}", xtext::encode(envid)));
+            }
             match parse(again.as_bytes()) {
-                Ok(Command::Mail { from: f2, .. }) => assert_eq!(&f2, from),
+                Ok(Command::Mail { from: f2, params: p2 }) => {
+                    assert_eq!(&f2, from);
+                    assert_eq!(p2.ret, params.ret);
+                    assert_eq!(p2.requiretls, params.requiretls);
+                    // An ENVID whose canonical encoding is over the limit
+                    // (a client sent "+41" for "A") may be refused there.
+                    if xtext::encode(params.envid.as_deref().unwrap_or("")).len() <= MAX_ENVID {
+                        assert_eq!(p2.envid, params.envid);
+                    }
+                }
+                Err(e) if params.envid.is_some() && e.message.contains("ENVID longer") => {}
                 other => panic!("{again:?} re-parsed as {other:?}"),
             }
         }
-        Command::Rcpt { to } => {
+        Command::Rcpt { to, params } => {
             assert!(!to.is_empty() && to.len() + 2 <= MAX_PATH);
             assert!(!has_control(to));
             if to != "postmaster" {
                 assert!(split_mailbox(to).is_some(), "{to:?} has no local@domain");
             }
-            let again = format!("RCPT TO:<{to}>");
+            let mut again = format!("RCPT TO:<{to}>");
+            if let Some(n) = params.notify {
+                again.push_str(&format!(" NOTIFY={}", n.keyword()));
+            }
+            let mut canonical_fits = true;
+            if let Some(o) = &params.orcpt {
+                assert!(!o.addr.is_empty());
+                assert!(o.addr.bytes().all(|b| (32..=126).contains(&b)), "{o:?}");
+                canonical_fits = o.encoded().len() <= MAX_ORCPT;
+                again.push_str(&format!(" ORCPT={}", o.encoded()));
+            }
             match parse(again.as_bytes()) {
-                Ok(Command::Rcpt { to: t2 }) => assert_eq!(&t2, to),
+                Ok(Command::Rcpt { to: t2, params: p2 }) => {
+                    assert_eq!(&t2, to);
+                    assert_eq!(&p2, params);
+                }
+                Err(e) if !canonical_fits && e.message.contains("ORCPT longer") => {}
                 other => panic!("{again:?} re-parsed as {other:?}"),
             }
         }

@@ -5,6 +5,7 @@
 //! rest is the stream.
 use mta_sts_agent::smtp::data::{decode, DataDecoder};
 use mta_sts_agent::smtp::dotstuff::stuff;
+use mta_sts_agent::smtp::headers::TlsRequiredScan;
 
 const MAX_LINE: usize = 1000;
 
@@ -54,6 +55,16 @@ fn main() {
         assert_eq!(end2, end, "a split moved the end of data");
         assert_eq!(out, content, "a split changed the content");
         assert_eq!(two.overlong(), dec.overlong());
+
+        // The TLS-Required scan of the header section (RFC 8689 §5) sees
+        // the same in one piece or two.
+        let mut one = TlsRequiredScan::new();
+        one.feed(&content);
+        let cut = usize::from(first) * content.len() / 256;
+        let mut halves = TlsRequiredScan::new();
+        halves.feed(&content[..cut]);
+        halves.feed(&content[cut..]);
+        assert_eq!(one.found(), halves.found(), "a split changed the TLS-Required verdict");
 
         // What we send on ends only where we end it and reads back as the
         // content itself (an open last line gains its CRLF).

@@ -155,6 +155,9 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
     ));
     out.push_str(&format!("TLS-Report-Domain: {}\r\n", m.domain));
     out.push_str(&format!("TLS-Report-Submitter: {}\r\n", m.submitter));
+    // RFC 8460 §5.3 and RFC 8689 §5: a report must get through exactly
+    // when the domain's TLS is broken, so its policy is not enforced.
+    out.push_str("TLS-Required: No\r\n");
     // RFC 3834 §5: no auto-responder should answer a report.
     out.push_str("Auto-Submitted: auto-generated\r\n");
     out.push_str("MIME-Version: 1.0\r\n");
@@ -195,7 +198,13 @@ pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
         signed.extend_from_slice(&text);
         text = signed;
     }
+    // The header alone changes nothing for mail we write ourselves: the
+    // queue is told directly, as the relay's session would be.
+    let flags = crate::relay::queue::Inject {
+        tls_optional: true,
+        ..Default::default()
+    };
     queue
-        .inject(m.to, format!("TLS-RPT report {}", m.report_id), text)
+        .inject_with(m.to, format!("TLS-RPT report {}", m.report_id), text, flags)
         .await
 }

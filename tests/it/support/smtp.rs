@@ -66,6 +66,13 @@ pub struct SmtpOptions {
     /// When set, the reply to the end of data instead of `250` (e.g. a
     /// `451` for a retry test); the message is then not recorded.
     pub data_reply: Option<String>,
+    /// Advertise DSN (RFC 3461). Without it, MAIL or RCPT carrying a DSN
+    /// parameter is refused with 555, as a real server refuses parameters
+    /// it does not offer (RFC 5321 §4.1.1.11).
+    pub dsn: bool,
+    /// Advertise REQUIRETLS (RFC 8689), over TLS only; without it, the
+    /// parameter is refused with 555.
+    pub requiretls: bool,
 }
 
 impl SmtpOptions {
@@ -80,7 +87,19 @@ impl SmtpOptions {
             banner: format!("{hostname} ESMTP test"),
             reject_rcpt: Vec::new(),
             data_reply: None,
+            dsn: false,
+            requiretls: false,
         }
+    }
+
+    pub fn dsn(mut self, on: bool) -> Self {
+        self.dsn = on;
+        self
+    }
+
+    pub fn requiretls(mut self, on: bool) -> Self {
+        self.requiretls = on;
+        self
     }
 
     pub fn data_reply(mut self, reply: &str) -> Self {
@@ -123,6 +142,9 @@ pub struct ReceivedMessage {
     pub data: Vec<u8>,
     /// Whether it arrived over TLS.
     pub tls: bool,
+    /// The MAIL and accepted RCPT command lines exactly as received.
+    pub mail_line: String,
+    pub rcpt_lines: Vec<String>,
 }
 
 #[derive(Default)]
@@ -368,6 +390,15 @@ impl Session {
     }
 }
 
+/// Whether the parameters after the path name one of `keys`.
+fn has_param(rest: &str, keys: &[&str]) -> bool {
+    let params = rest.rsplit_once('>').map_or("", |(_, p)| p);
+    params.split_ascii_whitespace().any(|w| {
+        let key = w.split('=').next().unwrap_or("");
+        keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+    })
+}
+
 /// `<addr>` from `MAIL FROM:<addr> params` / `RCPT TO:<addr>`.
 fn path_arg(rest: &str) -> Option<String> {
     let rest = rest.trim_start();
@@ -389,6 +420,8 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let mut helo: Option<String> = None;
     let mut mail_from: Option<String> = None;
     let mut rcpt_to: Vec<String> = Vec::new();
+    let mut mail_line = String::new();
+    let mut rcpt_lines: Vec<String> = Vec::new();
     loop {
         let line = match s.line().await {
             Read::Line(l) => l,
@@ -419,6 +452,12 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 );
                 if opts.starttls && !tls {
                     r.push_str("250-STARTTLS\r\n");
+                }
+                if opts.dsn {
+                    r.push_str("250-DSN\r\n");
+                }
+                if opts.requiretls && tls {
+                    r.push_str("250-REQUIRETLS\r\n");
                 }
                 r.push_str("250 8BITMIME\r\n");
                 s.reply(&r).await?;
@@ -470,8 +509,18 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                         .or_else(|| rest.strip_prefix("from:"))
                         .and_then(path_arg)
                     {
+                        Some(_) if has_param(&rest, &["RET", "ENVID"]) && !opts.dsn => {
+                            s.reply("555 5.5.4 DSN not offered\r\n").await?;
+                        }
+                        Some(_)
+                            if has_param(&rest, &["REQUIRETLS"]) && !(opts.requiretls && tls) =>
+                        {
+                            s.reply("555 5.5.4 REQUIRETLS not offered\r\n").await?;
+                        }
                         Some(from) => {
                             mail_from = Some(from);
+                            mail_line = text.clone();
+                            rcpt_lines.clear();
                             s.reply("250 2.1.0 ok\r\n").await?;
                         }
                         None => s.reply("501 5.5.4 syntax: MAIL FROM:<address>\r\n").await?,
@@ -492,8 +541,12 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                         {
                             s.reply("550 5.1.1 no such user\r\n").await?;
                         }
+                        Some(_) if has_param(&rest, &["NOTIFY", "ORCPT"]) && !opts.dsn => {
+                            s.reply("555 5.5.4 DSN not offered\r\n").await?;
+                        }
                         Some(to) => {
                             rcpt_to.push(to);
+                            rcpt_lines.push(text.clone());
                             s.reply("250 2.1.5 ok\r\n").await?;
                         }
                         None => s.reply("501 5.5.4 syntax: RCPT TO:<address>\r\n").await?,
@@ -540,6 +593,8 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                         rcpt_to: rcpt_to.clone(),
                         data,
                         tls,
+                        mail_line: mail_line.clone(),
+                        rcpt_lines: rcpt_lines.clone(),
                     });
                     s.reply("250 2.0.0 queued\r\n").await?;
                 }
