@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod policy;
 pub mod relay;
 pub mod resolver;
+pub mod setup;
 pub mod smtp;
 pub mod socketmap;
 pub mod store;

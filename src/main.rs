@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use mta_sts_agent::control::{self, Request, Response};
 use mta_sts_agent::daemon::{self, LogFormat};
@@ -38,6 +38,12 @@ enum Command {
     },
     /// Print the effective configuration (defaults filled in) as TOML.
     Config,
+    /// Configure the local mail server to ask this agent (dry run unless
+    /// --apply).
+    Setup {
+        #[command(subcommand)]
+        what: SetupCommand,
+    },
     /// Measure a socketmap server (see contrib/bench/compare.sh).
     Bench {
         #[command(subcommand)]
@@ -70,6 +76,35 @@ enum Command {
         /// Print the JSON response instead of text.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Write the man pages of both binaries into DIR (for packaging:
+    /// contrib/deb/build).
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Point Postfix's smtp_tls_policy_maps at this agent (the listener
+    /// and map of this agent's config), with what else enforcing its
+    /// answers needs; prints each change and why, then checks with
+    /// `postmap -q` that the running agent answers.
+    Postfix {
+        /// Make the changes (after a backup of main.cf next to it).
+        #[arg(long)]
+        apply: bool,
+        /// Postfix's configuration directory, as `postconf -c DIR` (the
+        /// agent's own `-c` is its config file).
+        #[arg(long, value_name = "DIR")]
+        postfix_config: Option<PathBuf>,
+        /// Run Postfix's tools through this command, split at spaces
+        /// (e.g. "chroot /srv/postfix-root"); paths must be the same
+        /// inside and out.
+        #[arg(long, value_name = "COMMAND")]
+        wrap: Option<String>,
+        /// The domain `postmap -q` asks the running agent about.
+        #[arg(long, default_value = "mta-sts-setup-check.invalid")]
+        verify_domain: String,
     },
 }
 
@@ -145,6 +180,15 @@ fn main() -> ExitCode {
         let argv = std::iter::once("mta-sts-agent check".into()).chain(args.iter().cloned());
         return mta_sts_agent::check::cli::main_from("mta-sts-agent check", argv);
     }
+    if let Command::ManPages { dir } = &cli.command {
+        return match man_pages(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mta-sts-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     daemon::init_logging(cli.log_format);
     let (config, source) = match daemon::load_config(cli.config.as_deref()) {
         Ok(c) => c,
@@ -153,6 +197,38 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    if let Command::Setup {
+        what:
+            SetupCommand::Postfix {
+                apply,
+                postfix_config,
+                wrap,
+                verify_domain,
+            },
+    } = &cli.command
+    {
+        use mta_sts_agent::setup::postfix;
+        let target = postfix::Target {
+            config_dir: postfix_config.clone(),
+            wrap: wrap
+                .as_deref()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+        };
+        let opts = postfix::Options {
+            apply: *apply,
+            verify_domain: verify_domain.clone(),
+        };
+        return match postfix::run(&config, &target, &opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, e)) => {
+                eprintln!("mta-sts-agent: {e}");
+                ExitCode::from(code)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,6 +261,7 @@ fn main() -> ExitCode {
         }
         Command::RelayPassword { user } => relay_password(&user),
         Command::Check { .. } => Ok(()), // handled above, before the config is loaded
+        Command::Setup { .. } | Command::ManPages { .. } => Ok(()), // handled above
         Command::Bench { what } => runtime.block_on(bench(what)),
         Command::Config => toml::to_string_pretty(&config)
             .map(|text| print!("{text}"))
@@ -197,6 +274,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// mta-sts-agent.1 with one page per subcommand (mta-sts-agent-serve.1,
+/// …), and mta-sts-check.1, from the same clap definitions that parse the
+/// command lines, so the pages cannot drift from the options.
+fn man_pages(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let write = |cmd: clap::Command| {
+        clap_mangen::generate_to(cmd, dir)
+            .map_err(|e| format!("cannot write man pages to {}: {e}", dir.display()))
+    };
+    write(Cli::command().name("mta-sts-agent"))?;
+    write(
+        mta_sts_agent::check::cli::CheckArgs::command()
+            .name("mta-sts-check")
+            .bin_name("mta-sts-check"),
+    )
 }
 
 async fn query(

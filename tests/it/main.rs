@@ -41,6 +41,7 @@ mod relay_session;
 mod relay_tlsrpt;
 mod resolver;
 mod rfc_conformance;
+mod setup_postfix;
 mod socketmap;
 mod store_faults;
 mod tlsrpt_state;

@@ -122,7 +122,7 @@ impl Drop for Cleanup {
 
 enum Ask {
     Submit(String),
-    Counts(mpsc::Sender<(usize, usize, usize)>),
+    Counts(mpsc::Sender<(usize, usize, usize, usize)>),
     Stop,
 }
 
@@ -145,7 +145,18 @@ smtp_tls_policy_maps = socketmap:inet:127.0.0.1:{port}:exact
 pub(crate) fn postfix_instance_for(pf: &Postfix, dir: &Path, extra: &str) {
     let main_cf = format!(
         "compatibility_level = 3.6
-myhostname = client.test
+{}{extra}",
+        instance_settings(dir)
+    );
+    std::fs::write(dir.join("main.cf"), main_cf).unwrap();
+    postfix_services_for(pf, dir);
+}
+
+/// The main.cf lines that make a test instance of `dir` (no
+/// `compatibility_level`, no TLS), one `name = value` a line.
+pub(crate) fn instance_settings(dir: &Path) -> String {
+    format!(
+        "myhostname = client.test
 mydomain = client.test
 myorigin = client.test
 mydestination =
@@ -163,10 +174,14 @@ minimal_backoff_time = 1s
 maximal_backoff_time = 2s
 queue_run_delay = 1s
 smtp_connect_timeout = 5s
-{extra}",
+",
         dir = dir.display(),
-    );
-    std::fs::write(dir.join("main.cf"), main_cf).unwrap();
+    )
+}
+
+/// master.cf without chroot, the queue and the data directory of a test
+/// instance in `dir`.
+pub(crate) fn postfix_services_for(pf: &Postfix, dir: &Path) {
     let services = [
         "127.0.0.1:25 inet n - n - - smtpd",
         "pickup unix n - n 60 1 pickup",
@@ -204,11 +219,13 @@ smtp_connect_timeout = 5s
 
 /// What one delivery to `user@deep.test` through `pf` did, the socketmap
 /// answering with `map`.
-struct Seen {
-    deep_connections: usize,
-    deep_messages: usize,
-    good_messages: usize,
-    log: String,
+pub(crate) struct Seen {
+    pub deep_connections: usize,
+    pub deep_messages: usize,
+    pub good_messages: usize,
+    /// Of `good_messages`, those that came over TLS.
+    pub good_tls: usize,
+    pub log: String,
 }
 
 /// `*.deep.test` policy; MX `a.b.deep.test` (preferred, two labels deep,
@@ -220,6 +237,24 @@ fn deliver_to_deep(postfix: &Postfix, map: MapConfig) -> Seen {
 /// [`deliver_to_deep`], giving up early once Postfix has deferred the mail
 /// and logged `until_logged`.
 fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option<&str>) -> Seen {
+    deliver_to_deep_with(postfix, "exact", map, until_logged, &|pf_dir, _, ca, _| {
+        postfix_config(postfix, pf_dir, ca, AGENT_PORT)
+    })
+}
+
+/// Where the agent of [`deliver_to_deep_with`] listens, in its namespace.
+pub(crate) const AGENT_PORT: u16 = 8461;
+
+/// [`deliver_to_deep_until`], the agent answering `map` as `map_name`;
+/// `prepare(postfix_dir, test_dir, ca_file, netns)` writes the Postfix
+/// instance (the agent and fixtures already answer in `netns`).
+pub(crate) fn deliver_to_deep_with(
+    postfix: &Postfix,
+    map_name: &str,
+    map: MapConfig,
+    until_logged: Option<&str>,
+    prepare: &dyn Fn(&Path, &Path, &Path, &str),
+) -> Seen {
     // Tests run in parallel: one namespace per delivery.
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run_no = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -229,7 +264,8 @@ fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().to_path_buf();
     let ca_path = base.join("ca.pem");
-    let agent_port = 8461;
+    let agent_port = AGENT_PORT;
+    let map_name = map_name.to_string();
 
     // Fixtures and the agent live on a thread that has entered the
     // namespace; the test talks to it over channels.
@@ -285,7 +321,7 @@ fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option
             config.fetch.ca_file_only = true;
             config.cache.mx_min_ttl = Duration::ZERO;
             config.socketmap.listen = vec![format!("127.0.0.1:{agent_port}")];
-            config.socketmap.maps.insert("exact".into(), map);
+            config.socketmap.maps.insert(map_name, map);
             let store = mta_sts_agent::daemon::open_store(&config, false).unwrap();
             let resolver = mta_sts_agent::resolver::Resolver::from_config(&config, store).unwrap();
             let listeners = mta_sts_agent::socketmap::bind(&config).await.unwrap();
@@ -305,6 +341,7 @@ fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option
                             deep.connections(),
                             deep.messages().len(),
                             good.messages().len(),
+                            good.messages().iter().filter(|m| m.tls).count(),
                         ));
                     }
                     Ok(Ask::Stop) | Err(mpsc::TryRecvError::Disconnected) => break,
@@ -321,7 +358,7 @@ fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option
 
     let pf = base.join("postfix");
     std::fs::create_dir_all(&pf).unwrap();
-    postfix_config(postfix, &pf, &ca_path, agent_port);
+    prepare(&pf, &base, &ca_path, &ns);
     let resolv = base.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
     cleanup.postfix_dir = Some(pf.clone());
@@ -334,7 +371,7 @@ fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option
 
     ask_tx.send(Ask::Submit("user@deep.test".into())).unwrap();
     let started = Instant::now();
-    let (deep_connections, deep_messages, good_messages) = loop {
+    let (deep_connections, deep_messages, good_messages, good_tls) = loop {
         let (tx, rx) = mpsc::channel();
         ask_tx.send(Ask::Counts(tx)).unwrap();
         let counts = rx.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -359,6 +396,7 @@ fn deliver_to_deep_until(postfix: &Postfix, map: MapConfig, until_logged: Option
         deep_connections,
         deep_messages,
         good_messages,
+        good_tls,
         log,
     }
 }
@@ -374,7 +412,7 @@ fn current_mx_map() -> MapConfig {
 }
 
 /// Every Postfix delivered to the one-label MX, never to the deep one.
-fn assert_rfc_exact(pf: &Postfix, seen: &Seen) {
+pub(crate) fn assert_rfc_exact(pf: &Postfix, seen: &Seen) {
     let log = &seen.log;
     assert_eq!(
         seen.good_messages, 1,
