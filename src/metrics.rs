@@ -230,6 +230,21 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        for reason in [
+            "honoured",
+            "ignored-disabled",
+            "ignored-requiretls",
+            "ignored-untrusted",
+        ] {
+            let _ = relay_tls_required_no.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+        }
+        for action in ["failed", "delayed", "relayed"] {
+            let _ = relay_dsn_sent.get_or_create(&ReasonLabels {
+                reason: action.to_string(),
+            });
+        }
         for mode in ["enforce", "testing", "none", "no-policy", "dane"] {
             for result in ["delivered", "deferred", "bounced", "rejected"] {
                 let _ = relay_attempts.get_or_create(&AttemptLabels {
