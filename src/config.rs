@@ -1062,6 +1062,17 @@ servername = false
         assert!(e.contains("line 2"), "{e}");
     }
 
+    #[test]
+    fn relay_dsn_and_requiretls_keys() {
+        let d = RelayConfig::default();
+        assert_eq!(d.delay_warning_after, Duration::from_secs(4 * 3600));
+        assert!(d.honour_tls_required_no);
+        let c = parse("[relay]\ndelay_warning_after = \"0s\"\nhonour_tls_required_no = false\n")
+            .unwrap();
+        assert_eq!(c.relay.delay_warning_after, Duration::ZERO);
+        assert!(!c.relay.honour_tls_required_no);
+    }
+
     /// Issue 12 item 2: more recipients than a queued message can hold
     /// (and still be read back after a restart) is a config error.
     #[test]
