@@ -104,7 +104,7 @@ pub struct RelayConfig {
     /// DSN once its message has waited this long. `0s`: never.
     #[serde(with = "humantime_serde")]
     pub delay_warning_after: Duration,
-    /// Honour a `TLS-Required: No` header field (RFC 8689 §5) from clients
+    /// Honour a `TLS-Required: No` header field (RFC 8689 §4.2.2) from clients
     /// that may relay (allowed network or AUTH): such a message is
     /// delivered without the recipient domain's MTA-STS or DANE
     /// requirements. Off: the header is relayed but changes nothing.

@@ -162,7 +162,7 @@ impl Metrics {
         let relay_tls_required_no = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "relay_tls_required_no",
-            "Messages received with a TLS-Required: No header field (RFC 8689 section 5), by what became of it (honoured, ignored-requiretls, ignored-disabled, ignored-untrusted)",
+            "Messages received with a TLS-Required: No header field (RFC 8689 section 4.2.2), by what became of it (honoured, ignored-requiretls, ignored-disabled, ignored-untrusted)",
             relay_tls_required_no.clone(),
         );
         let relay_dsn_sent = Family::<ReasonLabels, Counter>::default();

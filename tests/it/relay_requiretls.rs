@@ -218,7 +218,7 @@ async fn requiretls_to_a_domain_without_policy_bounces_5_7_10() {
     let t = text(b);
     assert!(t.contains("Status: 5.7.10"), "{t}");
     assert!(t.contains("Action: failed"), "{t}");
-    // RFC 8689 §4.3: the report is protected like the message.
+    // RFC 8689 §5: the report is protected like the message.
     assert!(b.mail_line.ends_with(" REQUIRETLS"), "{}", b.mail_line);
     assert!(b.tls);
 }
