@@ -104,7 +104,7 @@ pub struct RelayConfig {
     /// DSN once its message has waited this long. `0s`: never.
     #[serde(with = "humantime_serde")]
     pub delay_warning_after: Duration,
-    /// Honour a `TLS-Required: No` header field (RFC 8689 §5) from clients
+    /// Honour a `TLS-Required: No` header field (RFC 8689 §4.2.2) from clients
     /// that may relay (allowed network or AUTH): such a message is
     /// delivered without the recipient domain's MTA-STS or DANE
     /// requirements. Off: the header is relayed but changes nothing.
@@ -1072,6 +1072,17 @@ servername = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn relay_dsn_and_requiretls_keys() {
+        let d = RelayConfig::default();
+        assert_eq!(d.delay_warning_after, Duration::from_secs(4 * 3600));
+        assert!(d.honour_tls_required_no);
+        let c = parse("[relay]\ndelay_warning_after = \"0s\"\nhonour_tls_required_no = false\n")
+            .unwrap();
+        assert_eq!(c.relay.delay_warning_after, Duration::ZERO);
+        assert!(!c.relay.honour_tls_required_no);
     }
 
     /// Issue 12 item 2: more recipients than a queued message can hold

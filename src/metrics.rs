@@ -169,7 +169,7 @@ impl Metrics {
         let relay_tls_required_no = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "relay_tls_required_no",
-            "Messages received with a TLS-Required: No header field (RFC 8689 section 5), by what became of it (honoured, ignored-requiretls, ignored-disabled, ignored-untrusted)",
+            "Messages received with a TLS-Required: No header field (RFC 8689 section 4.2.2), by what became of it (honoured, ignored-requiretls, ignored-disabled, ignored-untrusted)",
             relay_tls_required_no.clone(),
         );
         let relay_dsn_sent = Family::<ReasonLabels, Counter>::default();
@@ -235,6 +235,21 @@ impl Metrics {
         for result in ["record", "no-record", "failure"] {
             let _ = discoveries.get_or_create(&ResultLabels {
                 result: result.to_string(),
+            });
+        }
+        for reason in [
+            "honoured",
+            "ignored-disabled",
+            "ignored-requiretls",
+            "ignored-untrusted",
+        ] {
+            let _ = relay_tls_required_no.get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            });
+        }
+        for action in ["failed", "delayed", "relayed"] {
+            let _ = relay_dsn_sent.get_or_create(&ReasonLabels {
+                reason: action.to_string(),
             });
         }
         for mode in ["enforce", "testing", "none", "no-policy", "dane"] {

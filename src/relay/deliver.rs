@@ -52,7 +52,7 @@ pub struct Job {
     /// RFC 8689 §4.2.1: only an authenticated MX, over validated TLS,
     /// offering REQUIRETLS.
     pub requiretls: bool,
-    /// RFC 8689 §5 `TLS-Required: No` (honoured at receipt): the domain's
+    /// RFC 8689 §4.2.2 `TLS-Required: No` (honoured at receipt): the domain's
     /// MTA-STS and DANE policies are not enforced.
     pub tls_optional: bool,
 }
@@ -262,7 +262,7 @@ impl Deliverer {
             // RFC 8689 §4.2.1: for a REQUIRETLS message a policy in
             // "testing" mode is applied as if it were "enforce".
             TlsMode::Testing(p) if job.requiretls => TlsMode::Enforce(p),
-            // RFC 8689 §5: TLS-Required: No asks that the policy not be
+            // RFC 8689 §4.2.2: TLS-Required: No asks that the policy not be
             // enforced; the checks are still made, logged and reported,
             // exactly as under "testing". §3: REQUIRETLS wins over it.
             TlsMode::Enforce(p) if job.tls_optional && !job.requiretls => TlsMode::Testing(p),
@@ -318,7 +318,7 @@ impl Deliverer {
         for host in hosts {
             match host_rule(dane.as_deref(), &host) {
                 HostRule::Dane(_) if job.tls_optional && !job.requiretls => {
-                    // RFC 8689 §5: the TLSA records are not enforced.
+                    // RFC 8689 §4.2.2: the TLSA records are not enforced.
                     tracing::info!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, "TLS-Required: No: DANE not enforced for this message (opportunistic TLS)");
                     candidates.push((host, TlsMode::Opportunistic("tls-required-no")));
                     continue;
@@ -361,7 +361,8 @@ impl Deliverer {
             if candidates.is_empty() && before > 0 {
                 tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, policy_unknown, "REQUIRETLS message: no MX host of the domain is authenticated by MTA-STS or DANE");
                 crate::metrics::metrics().relay_policy_failure("requiretls", "no-authenticated-mx");
-                // RFC 8689 §5 (and RFC 3463's X.7.10 "encryption needed"):
+                // X.7.10 "encryption needed" (RFC 5248's registry; RFC 8689
+                // registers only 5.7.30, for a hop without the extension):
                 // permanent when the domain provably has no policy.
                 return if policy_unknown {
                     all(
@@ -431,7 +432,7 @@ impl Deliverer {
                 }
             }
         }
-        // RFC 8689 §4.2.1 item 3 and its 5.7.30: every host reached over
+        // RFC 8689 §4.2.1 item 3 and its 5.7.30 (registered in §7): every host reached over
         // authenticated TLS lacked REQUIRETLS, which a retry will not fix.
         if job.requiretls && lacked_requiretls > 0 && lacked_requiretls == tried {
             return job

@@ -1170,6 +1170,57 @@ Body: not a header\r\n";
     }
 
     #[test]
+    fn dsn_fields_actions_and_ret() {
+        let mut r = sample();
+        r[0].orcpt = Some(("rfc822".into(), "Orig@origin.test".into()));
+        let mut b = bounce(&r, ORIGINAL);
+        b.envid = Some("env\r\nX-Injected: 1");
+        b.full = true;
+        let msg = text(&build(&b));
+        assert_lines_ok(msg.as_bytes());
+        assert!(
+            msg.contains("Original-Envelope-Id: env X-Injected: 1\r\n"),
+            "{msg}"
+        );
+        assert!(!msg.contains("\r\nX-Injected"), "{msg}");
+        assert!(
+            msg.contains("Original-Recipient: rfc822; Orig@origin.test"),
+            "{msg}"
+        );
+        assert!(msg.contains("Content-Type: message/rfc822"), "{msg}");
+        assert!(
+            msg.contains("Body line one"),
+            "RET=FULL lost the body: {msg}"
+        );
+        // A line over the RFC 5322 limit cannot go back whole.
+        let long = format!("Subject: x\r\n\r\n{}\r\n", "b".repeat(MAX_LINE + 1));
+        let msg = text(&build(&bounce_full(&r, long.as_bytes())));
+        assert!(msg.contains("text/rfc822-headers"), "{msg}");
+        assert!(!msg.contains("bbbb"), "{msg}");
+
+        let mut b = bounce(&r, ORIGINAL);
+        b.notice = Notice::Delay {
+            until: 1_798_700_000,
+        };
+        let msg = text(&build(&b));
+        assert!(msg.contains("Action: delayed"), "{msg}");
+        assert!(msg.contains("Will-Retry-Until: "), "{msg}");
+        assert!(!msg.contains("Body line one"), "{msg}");
+
+        r[0].relayed = true;
+        let mut b = bounce(&r, ORIGINAL);
+        b.notice = Notice::Relayed;
+        let msg = text(&build(&b));
+        assert!(msg.contains("Action: relayed\r\nStatus: 2.0.0"), "{msg}");
+    }
+
+    fn bounce_full<'a>(r: &'a [FailedRecipient], original: &'a [u8]) -> Bounce<'a> {
+        let mut b = bounce(r, original);
+        b.full = true;
+        b
+    }
+
+    #[test]
     fn degenerate_inputs_do_not_panic() {
         let b = Bounce {
             reporting_mta: "",

@@ -681,7 +681,7 @@ impl Queue {
         .map_err(|e| e.to_string())
     }
 
-    /// Queues an RFC 3464 report to the message's sender. RFC 8689 §4.3:
+    /// Queues an RFC 3464 report to the message's sender. RFC 8689 §5:
     /// the report on a REQUIRETLS message carries the original's header,
     /// so it is sent under REQUIRETLS too.
     async fn report(

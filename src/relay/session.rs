@@ -609,7 +609,7 @@ impl Session {
         self.reply("250 2.1.5 Ok").await
     }
 
-    /// RFC 8689 §5: `TLS-Required: No` asks that the recipient domain's
+    /// RFC 8689 §4.2.2: `TLS-Required: No` asks that the recipient domain's
     /// MTA-STS and DANE policies not be enforced. Honoured only from a
     /// client that may relay (allowed network or AUTH), unless switched
     /// off; §3 says a REQUIRETLS message ignores the field.

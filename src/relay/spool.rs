@@ -51,7 +51,7 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requiretls: bool,
     /// A `TLS-Required: No` header field honoured at receipt (RFC 8689
-    /// §5): the recipient domain's MTA-STS or DANE policy is not enforced.
+    /// §4.2.2): the recipient domain's MTA-STS or DANE policy is not enforced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_optional: bool,
 }

@@ -1,5 +1,5 @@
 //! A streaming look at a message's header section as the relay receives
-//! it: whether it carries `TLS-Required: No` (RFC 8689 §5). Pure, fed the
+//! it: whether it carries `TLS-Required: No` (RFC 8689 §4.2.2). Pure, fed the
 //! CRLF lines [`crate::smtp::data`] produces, in pieces of any size, with
 //! bounded memory: a field longer than [`MAX_FIELD`] cannot be this one
 //! (the whole field is 16 octets) and is not kept.
@@ -104,7 +104,7 @@ impl TlsRequiredScan {
             return;
         };
         let (name, value) = (&field[..colon], &field[colon + 1..]);
-        // RFC 8689 §5: `TLS-Required: No`, the only value it defines;
+        // RFC 8689 §3: `TLS-Required: No`, the only value it defines;
         // field names are case-insensitive (RFC 5322 §1.2.2), and the
         // value is compared the same way, as a mail administrator expects.
         let value: Vec<u8> = value

@@ -496,3 +496,104 @@ fn dane_ta_and_ee_follow_rfc_7672_section_3() {
     );
     assert!(verify_chain(&[leaf], &[ee], "mx1.ta.test").is_err());
 }
+
+/// RFC 8689 §4.2.1: a DANE-authenticated MX is good enough for REQUIRETLS
+/// even where the MTA-STS policy is `none`; and `TLS-Required: No` (§5)
+/// waives DANE, so a host whose TLSA records do not match still gets the
+/// message, over opportunistic TLS.
+#[tokio::test]
+async fn relay_requiretls_accepts_dane_and_tls_required_no_waives_it() {
+    use crate::relay::{ip, message, relay_toml, submit};
+    use crate::relay_requiretls::{relay_cert, submit_tls};
+    use crate::support::smtp::{SmtpCert, SmtpOptions, SmtpServer};
+    use mta_sts_agent::relay::Relay;
+    use std::net::IpAddr;
+
+    if !dnssec::available() {
+        return;
+    }
+    let world = World::new().await;
+    let (port, mx) = SmtpServer::start_group(
+        &world.ca,
+        vec![
+            (
+                IpAddr::V4(ip(84)),
+                SmtpOptions::new("mx1.danert.test")
+                    .cert(SmtpCert::SelfSigned)
+                    .requiretls(true),
+            ),
+            (
+                IpAddr::V4(ip(85)),
+                SmtpOptions::new("mx1.danewaive.test").cert(SmtpCert::SelfSigned),
+            ),
+        ],
+    )
+    .await;
+    let good = tlsa_3_1_1(mx[0].certificate().as_ref());
+    let dns = SignedDns::start(&[
+        zone("danert.test", 84, &good, Signing::Secure),
+        zone("danewaive.test", 85, OTHER_TLSA, Signing::Secure),
+    ])
+    .await;
+    for d in ["danert.test", "danewaive.test"] {
+        world.hosts.set(
+            &format!("mta-sts.{d}"),
+            Behavior::Policy(policy("none", &[], 86_400)),
+        );
+    }
+    let cert = relay_cert();
+    let config = config_with(&world, &dns, &relay_toml(port, &cert.extra));
+    let resolver = world.resolver_with(&config);
+    let relay = Relay::open(&config, resolver).await.expect("relay");
+    let queue = relay.queue.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(relay.serve(vec![listener], rx));
+
+    let msg = message("dane-rt", "alice@sender.test", "bob@danert.test", "x\r\n");
+    let reply = submit_tls(
+        addr,
+        &cert.ca,
+        "MAIL FROM:<alice@sender.test> REQUIRETLS",
+        &["RCPT TO:<bob@danert.test>"],
+        &msg,
+    )
+    .await;
+    assert_eq!(reply.code, 250, "{reply}");
+    let msg = format!(
+        "TLS-Required: No\r\n{}",
+        message(
+            "dane-no",
+            "alice@sender.test",
+            "bob@danewaive.test",
+            "x\r\n"
+        )
+    );
+    let reply = submit(addr, "alice@sender.test", &["bob@danewaive.test"], &msg).await;
+    assert_eq!(reply.code, 250, "{reply}");
+    let q = queue.clone();
+    let done = crate::harness::eventually(Duration::from_secs(20), || {
+        let q = q.clone();
+        async move { q.is_empty() }
+    })
+    .await;
+    let list = queue.list();
+    task.abort();
+    assert!(done, "queue: {list:#?}");
+    let got = mx[0].messages();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls);
+    assert!(
+        got[0].mail_line.ends_with(" REQUIRETLS"),
+        "{}",
+        got[0].mail_line
+    );
+    assert_eq!(
+        mx[1].messages().len(),
+        1,
+        "TLS-Required: No did not waive DANE"
+    );
+}

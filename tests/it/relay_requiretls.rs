@@ -218,7 +218,7 @@ async fn requiretls_to_a_domain_without_policy_bounces_5_7_10() {
     let t = text(b);
     assert!(t.contains("Status: 5.7.10"), "{t}");
     assert!(t.contains("Action: failed"), "{t}");
-    // RFC 8689 §4.3: the report is protected like the message.
+    // RFC 8689 §5: the report is protected like the message.
     assert!(b.mail_line.ends_with(" REQUIRETLS"), "{}", b.mail_line);
     assert!(b.tls);
 }
@@ -503,4 +503,54 @@ fn to_bob(mx: &SmtpServer) -> Vec<ReceivedMessage> {
         .into_iter()
         .filter(|m| m.rcpt_to == ["bob@rs.test"])
         .collect()
+}
+
+#[tokio::test]
+async fn requiretls_skips_an_mx_the_testing_policy_does_not_list() {
+    // Under "testing" ordinary mail may go to an MX outside the policy;
+    // for REQUIRETLS the policy is enforced, so only the listed host,
+    // though less preferred, gets the message.
+    let cert = relay_cert();
+    let rig = Rig::start(
+        vec![
+            (
+                "rogue.rt2.test",
+                64,
+                SmtpOptions::new("rogue.rt2.test").requiretls(true),
+            ),
+            (
+                "mx2.rt2.test",
+                65,
+                SmtpOptions::new("mx2.rt2.test").requiretls(true),
+            ),
+        ],
+        &cert.extra,
+    )
+    .await;
+    let w = &rig.world;
+    w.dns
+        .set_mx("rt2.test", &[(5, "rogue.rt2.test"), (10, "mx2.rt2.test")]);
+    w.publish(
+        "rt2.test",
+        "t2",
+        &policy("testing", &["mx2.rt2.test"], 86_400),
+    );
+    let msg = message("rt-mx", "alice@sender.test", "bob@rt2.test", "x\r\n");
+    let reply = submit_tls(
+        rig.addr,
+        &cert.ca,
+        MAIL_RT,
+        &["RCPT TO:<bob@rt2.test>"],
+        &msg,
+    )
+    .await;
+    assert_eq!(reply.code, 250, "{reply}");
+    assert!(rig.wait_empty(LIMIT).await, "{:#?}", rig.queue.list());
+    assert_eq!(rig.mx[1].messages().len(), 1);
+    assert!(
+        rig.mx[1].messages()[0].mail_line.ends_with(" REQUIRETLS"),
+        "{}",
+        rig.mx[1].messages()[0].mail_line
+    );
+    assert_eq!(rig.mx[0].connections(), 0, "the unlisted MX was contacted");
 }

@@ -647,3 +647,39 @@ async fn outside_clients_never_take_the_slots_of_allowed_ones() {
     assert_eq!(reply.code, 250, "{reply}");
     drop(held);
 }
+
+/// RFC 8689 §4.2.2 from a client outside `allowed_networks` that
+/// authenticated: `TLS-Required: No` is honoured for it too, so an AUTH
+/// user's report reaches a domain whose enforce policy its MX now fails.
+#[tokio::test]
+async fn tls_required_no_is_honoured_for_an_authenticated_client() {
+    let (rig, ca, _dir) = auth_rig("", 1000).await;
+    rig.world.dns.set_mx("auth.test", &[(10, "mx1.auth.test")]);
+    rig.world.publish(
+        "auth.test",
+        "a1",
+        &crate::harness::policy("enforce", &["mx1.auth.test"], 86_400),
+    );
+    rig.mx[0].set_options(SmtpOptions::new("mx1.auth.test").starttls(false));
+    let mut c = tls_client(&rig, &ca, IpAddr::V4(ip(89))).await;
+    let r = c
+        .command(&plain("app", "correct horse"))
+        .await
+        .expect("AUTH");
+    assert_eq!(r.code, 235, "{r}");
+    for (line, code) in [
+        ("MAIL FROM:<app@sender.test>", 250),
+        ("RCPT TO:<bob@auth.test>", 250),
+        ("DATA", 354),
+    ] {
+        assert_eq!(c.command(line).await.expect(line).code, code, "{line}");
+    }
+    c.write_raw(b"TLS-Required: No\r\nSubject: tls report\r\n\r\nbroken\r\n.\r\n")
+        .await
+        .expect("data");
+    assert_eq!(c.read_reply().await.expect("end of data").code, 250);
+    assert!(rig.wait_empty().await, "{:#?}", rig.queue.list());
+    let got = rig.mx[0].messages();
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].tls, "the fixture offers no STARTTLS");
+}

@@ -1082,7 +1082,7 @@ async fn relay_queue_for(cfg: &Config) -> Queue {
 
 #[tokio::test]
 async fn report_mails_carry_tls_required_no_and_reach_a_domain_with_broken_tls() {
-    // RFC 8460 §5.3 / RFC 8689 §5: the reporting domain's own MX has lost
+    // RFC 8460 §5.3 / RFC 8689 §4.2.2: the reporting domain's own MX has lost
     // STARTTLS under an enforce policy, which is when its reports matter.
     let world = World::new().await;
     let (mx_port, mx) = SmtpServer::start_group(

@@ -56,7 +56,7 @@ fn main() {
         assert_eq!(out, content, "a split changed the content");
         assert_eq!(two.overlong(), dec.overlong());
 
-        // The TLS-Required scan of the header section (RFC 8689 §5) sees
+        // The TLS-Required scan of the header section (RFC 8689 §4.2.2) sees
         // the same in one piece or two.
         let mut one = TlsRequiredScan::new();
         one.feed(&content);

@@ -155,7 +155,7 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
     ));
     out.push_str(&format!("TLS-Report-Domain: {}\r\n", m.domain));
     out.push_str(&format!("TLS-Report-Submitter: {}\r\n", m.submitter));
-    // RFC 8460 §5.3 and RFC 8689 §5: a report must get through exactly
+    // RFC 8460 §5.3 and RFC 8689 §4.2.2: a report must get through exactly
     // when the domain's TLS is broken, so its policy is not enforced.
     out.push_str("TLS-Required: No\r\n");
     // RFC 3834 §5: no auto-responder should answer a report.
