@@ -166,3 +166,33 @@ async fn root_start_drops_to_the_configured_user() {
     );
     daemon.stop().await;
 }
+
+/// The Debian package's /etc/mta-sts-agent/config.toml is the README's
+/// configuration reference (contrib/deb/build cuts it out): it must parse,
+/// and change nothing, so that an installed package runs on the defaults.
+#[test]
+fn the_packaged_config_is_the_readme_reference_at_the_defaults() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split_once("\n## Configuration\n")
+        .expect("a Configuration section")
+        .1;
+    let block = section
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("a toml block in the Configuration section")
+        .0;
+    assert!(block.lines().count() > 20, "{block}");
+    let parsed = mta_sts_agent::config::Config::parse(block, Path::new("config.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        toml::to_string(&parsed).unwrap(),
+        toml::to_string(&mta_sts_agent::config::Config::default()).unwrap(),
+        "the reference block sets a value other than the default"
+    );
+    let build =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/deb/build"))
+            .unwrap();
+    assert!(build.contains("/^## Configuration/") && build.contains("```toml"));
+}
