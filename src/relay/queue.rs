@@ -683,14 +683,18 @@ impl Queue {
 
     /// Queues an RFC 3464 report to the message's sender. RFC 8689 §5:
     /// the report on a REQUIRETLS message carries the original's header,
-    /// so it is sent under REQUIRETLS too.
+    /// so it is sent under REQUIRETLS too, and RET=FULL is disregarded for
+    /// it: the body the sender wanted kept to authenticated TLS hops does
+    /// not travel back through whatever path the report takes.
     async fn report(
         &self,
         msg: &Spooled,
         recipients: &[FailedRecipient],
         notice: Notice,
     ) -> Result<String, String> {
-        let full = notice == Notice::Failure && msg.envelope.ret == Some(Ret::Full);
+        let full = notice == Notice::Failure
+            && msg.envelope.ret == Some(Ret::Full)
+            && !msg.envelope.requiretls;
         // One octet over the cap tells `dsn::build` the message is too big
         // to go back whole.
         let cap = if full {

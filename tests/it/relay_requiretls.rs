@@ -194,11 +194,18 @@ async fn requiretls_is_offered_on_tls_only_and_passed_on() {
 #[tokio::test]
 async fn requiretls_to_a_domain_without_policy_bounces_5_7_10() {
     let (rig, cert) = rig(None, SmtpOptions::new("mx1.rt.test").requiretls(true), "").await;
-    let msg = message("rt-none", "alice@sender.test", "bob@rt.test", "secret\r\n");
+    let msg = message(
+        "rt-none",
+        "alice@sender.test",
+        "bob@rt.test",
+        "secret body line\r\n",
+    );
+    // RET=FULL is asked for, but RFC 8689 §5 has the report on a REQUIRETLS
+    // message carry no more than its header section.
     let reply = submit_tls(
         rig.addr,
         &cert.ca,
-        MAIL_RT,
+        "MAIL FROM:<alice@sender.test> REQUIRETLS RET=FULL",
         &["RCPT TO:<bob@rt.test>"],
         &msg,
     )
@@ -218,6 +225,11 @@ async fn requiretls_to_a_domain_without_policy_bounces_5_7_10() {
     let t = text(b);
     assert!(t.contains("Status: 5.7.10"), "{t}");
     assert!(t.contains("Action: failed"), "{t}");
+    assert!(t.contains("Subject: relay test rt-none"), "{t}");
+    assert!(
+        !t.contains("secret body line"),
+        "the body of a REQUIRETLS message came back in its report: {t}"
+    );
     // RFC 8689 §5: the report is protected like the message.
     assert!(b.mail_line.ends_with(" REQUIRETLS"), "{}", b.mail_line);
     assert!(b.tls);
