@@ -72,7 +72,7 @@ stop_postfix() {
     for i in $(seq 1 50); do
         left=()
         for e in /proc/[0-9]*/environ; do
-            if tr '\0' '\n' <"$e" 2>/dev/null | grep -qx "MAIL_CONFIG=$dir"; then
+            if tr '\0' '\n' 2>/dev/null <"$e" | grep -qx "MAIL_CONFIG=$dir"; then
                 left+=("$(basename "$(dirname "$e")")")
             fi
         done
@@ -97,6 +97,8 @@ say "network namespace $NS with fixture DNS and HTTPS"
 ip netns del "$NS" 2>/dev/null || true
 ip netns add "$NS"
 in_ns ip link set lo up
+# Postfix's inet_interfaces wants addresses an interface really has.
+for a in 2 3 4; do in_ns ip addr add "127.0.0.$a/32" dev lo; done
 mkdir -p "/etc/netns/$NS"
 echo "nameserver 127.0.0.1" >"/etc/netns/$NS/resolv.conf"
 ip netns exec "$NS" "$FIXTURES" --dns 127.0.0.1:53 --https 127.0.0.1:443 --domains 0 --extra 0 \

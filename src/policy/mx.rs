@@ -78,6 +78,11 @@ impl MxPattern {
         }
     }
 
+    /// (is `*.` wildcard, domain): the pattern without copying it.
+    pub fn parts(&self) -> (bool, &str) {
+        (self.wildcard, &self.domain)
+    }
+
     /// Postfix's `match=` syntax: a leading dot means "any subdomain".
     pub fn postfix_form(&self) -> String {
         if self.wildcard {

@@ -59,26 +59,41 @@ pub fn render_with_mx(
     // The parser already drops duplicate patterns, but policies also come
     // back from disk and Redis: dedup again. A linear scan is fastest for
     // the usual handful of patterns; a set keeps a policy with thousands of
-    // mx lines linear on every lookup.
+    // mx lines linear on every lookup. Patterns are compared and written in
+    // place, not copied: this runs on every lookup.
     let n = policy.policy.mx.len();
-    let mut seen: Vec<String> = Vec::with_capacity(n);
+    let mut seen: Vec<(bool, &str)> = Vec::with_capacity(n.min(16));
     let mut unique = (n > 16).then(|| std::collections::HashSet::with_capacity(n));
+    let room: usize = policy.policy.mx.iter().map(|p| p.parts().1.len() + 2).sum();
+    let mut out = String::with_capacity(48 + room);
+    out.push_str("OK secure match=");
+    let mut written = 0usize;
     for pattern in &policy.policy.mx {
-        let form = pattern.postfix_form();
+        let form = pattern.parts();
         let new = match unique.as_mut() {
-            Some(set) => set.insert(form.clone()),
-            None => !seen.contains(&form),
+            Some(set) => set.insert(form),
+            None if seen.contains(&form) => false,
+            None => {
+                seen.push(form);
+                true
+            }
         };
         if new {
-            seen.push(form);
+            if written > 0 {
+                out.push(':');
+            }
+            if form.0 {
+                out.push('.');
+            }
+            out.push_str(form.1);
+            written += 1;
         }
     }
-    if seen.is_empty() {
+    if written == 0 {
         // The parser rejects such policies; an empty match= would be read by
         // Postfix as "match nothing" or worse, so never send one.
         return temp(&format!("policy of {} has no mx patterns", policy.domain));
     }
-    let mut out = format!("OK secure match={}", seen.join(":"));
     if map.servername {
         out.push_str(" servername=hostname");
     }
