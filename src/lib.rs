@@ -17,6 +17,7 @@ pub mod dns;
 pub mod fetch;
 pub mod metrics;
 pub mod policy;
+pub mod process;
 pub mod relay;
 pub mod resolver;
 pub mod setup;

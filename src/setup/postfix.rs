@@ -4,13 +4,13 @@
 //! that Postfix reaches the running agent. Every command runs with a
 //! deadline and bounded output; its stderr is shown when it fails.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::plan::{self, AgentSide, Observed, Plan};
 use crate::config::Config;
+use crate::process::Output;
 
 /// Longest any one Postfix tool may take (postconf answers in
 /// milliseconds; postmap waits for the agent's first lookup).
@@ -35,13 +35,6 @@ pub struct Options {
     pub apply: bool,
     /// The domain `postmap -q` asks the agent about.
     pub verify_domain: String,
-}
-
-struct Output {
-    ok: bool,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
 }
 
 impl Target {
@@ -108,62 +101,14 @@ impl Target {
     }
 }
 
-/// Runs `cmd` with stdin closed, at most [`DEADLINE`], keeping at most
-/// the caps of its output.
-fn run_bounded(mut cmd: Command, what: &str) -> Result<Output, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run `{what}`: {e}"))?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>, cap: u64| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            if let Some(p) = pipe {
-                let mut p = p.take(cap);
-                let _ = p.read_to_end(&mut out);
-                // Drain the rest so the child never blocks on a full pipe.
-                let _ = std::io::copy(&mut p.into_inner(), &mut std::io::sink());
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        })
+/// Runs `cmd` within the bounds every Postfix tool gets here.
+fn run_bounded(cmd: Command, what: &str) -> Result<Output, String> {
+    let limits = crate::process::Limits {
+        deadline: DEADLINE,
+        stdout_cap: STDOUT_CAP,
+        stderr_cap: STDERR_CAP,
     };
-    let stdout = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        STDOUT_CAP,
-    );
-    let stderr = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        STDERR_CAP,
-    );
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if started.elapsed() < DEADLINE => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`{what}` did not finish within {DEADLINE:?}"));
-            }
-            Err(e) => return Err(format!("waiting for `{what}`: {e}")),
-        }
-    };
-    Ok(Output {
-        ok: status.success(),
-        code: status.code(),
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+    crate::process::run(cmd, what, limits).map_err(|e| e.to_string())
 }
 
 /// Everything `plan` needs, from this Postfix's own tools.

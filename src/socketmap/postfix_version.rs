@@ -20,9 +20,8 @@
 //! version cannot be read, the style every version accepts is used.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::config::MapConfig;
 
@@ -137,41 +136,28 @@ pub fn detect(command: &[String], deadline: Duration) -> Result<PostfixVersion, 
     let (program, args) = command
         .split_first()
         .ok_or("socketmap.postconf_command is empty")?;
-    let mut child = Command::new(program)
-        .args(args)
-        .args(["-dh", "mail_version"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout from postconf")?;
-    // The reader thread ends when postconf exits or is killed below.
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.take(4096).read_to_end(&mut out);
-        out
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{program} did not answer within {deadline:?}"));
-            }
-            Err(e) => return Err(format!("waiting for {program}: {e}")),
-        }
+    let mut cmd = Command::new(program);
+    cmd.args(args).args(["-dh", "mail_version"]);
+    let limits = crate::process::Limits {
+        deadline,
+        stdout_cap: 4096,
+        stderr_cap: 1024,
     };
-    let out = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(format!("{program} -dh mail_version failed: {status}"));
+    let out = match crate::process::run(cmd, program, limits) {
+        Ok(out) => out,
+        Err(crate::process::RunError::Deadline { .. }) => {
+            return Err(format!("{program} did not answer within {deadline:?}"))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if !out.ok {
+        return Err(format!(
+            "{program} -dh mail_version failed ({}): {}",
+            out.code.map_or("killed".into(), |c| format!("exit {c}")),
+            out.stderr.trim()
+        ));
     }
-    let text = String::from_utf8_lossy(&out);
+    let text = out.stdout;
     PostfixVersion::parse(&text).ok_or_else(|| {
         format!(
             "{program} -dh mail_version printed {:?}, not a version",
@@ -228,6 +214,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn versions_parse_and_order() {
