@@ -27,7 +27,7 @@ const POLICY: &str =
     "version: STSv1\nmode: enforce\nmx: mx1.rpt.test\nmx: mx2.rpt.test\nmax_age: 86400\n";
 
 /// The collector's tools; None (or a panic under CI) without them.
-fn collector() -> Option<(PathBuf, PathBuf)> {
+fn collector() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let find = |name: &str| {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
@@ -35,8 +35,12 @@ fn collector() -> Option<(PathBuf, PathBuf)> {
                 .find(|p| p.is_file())
         })
     };
-    match (find("tlsrpt-collectd"), find("tlsrpt-fetcher")) {
-        (Some(c), Some(f)) => Some((c, f)),
+    match (
+        find("tlsrpt-collectd"),
+        find("tlsrpt-fetcher"),
+        find("tlsrpt-reportd"),
+    ) {
+        (Some(c), Some(f), Some(r)) => Some((c, f, r)),
         _ if std::env::var_os("CI").is_some() => {
             panic!("tlsrpt-collectd missing: python3 -m pip install tlsrpt-reporter")
         }
@@ -61,7 +65,7 @@ fn postfix_reports_sts_sessions_to_the_tlsrpt_collector() {
     if !available() {
         return;
     }
-    let Some((collectd, fetcher)) = collector() else {
+    let Some((collectd, fetcher, reportd)) = collector() else {
         return;
     };
     let newer: Vec<Postfix> = crate::support::postfix::all()
@@ -72,11 +76,11 @@ fn postfix_reports_sts_sessions_to_the_tlsrpt_collector() {
         println!("skipped: no Postfix 3.10.5 or later (contrib/ci/postfix-roots)");
     }
     for pf in newer {
-        report_through(&pf, &collectd, &fetcher);
+        report_through(&pf, &collectd, &fetcher, &reportd);
     }
 }
 
-fn report_through(postfix: &Postfix, collectd: &Path, fetcher: &Path) {
+fn report_through(postfix: &Postfix, collectd: &Path, fetcher: &Path, reportd: &Path) {
     let day_at_start = chrono_free_utc_day();
     let ns = format!("mtstsrpt{}v{}", std::process::id(), postfix.tag());
     let mut cleanup = add_netns(&ns);
@@ -329,6 +333,167 @@ smtp_tlsrpt_socket_name = {socket}
     assert_eq!(failure["f"], "self-signed_certificate", "{failure:#}");
     assert_eq!(failure["n"], "mx2.rpt.test", "{failure:#}");
     assert_eq!(failure["r"], "127.0.0.3", "{failure:#}");
+
+    let report = daily_report(&base, fetcher, reportd, &day);
+    check_daily_report(postfix, &report);
+}
+
+/// The RFC 8460 report `tlsrpt-reportd` makes of the collector's data.
+/// reportd reports on yesterday (UTC) once the collector has finished that
+/// day; rather than wait for midnight, a copy of today's data is filed
+/// under yesterday's date, which is exactly what the collector's own
+/// rollover does to it at midnight (tlsrpt.py, `switch_to_next_day`).
+fn daily_report(base: &Path, fetcher: &Path, reportd: &Path, today: &str) -> serde_json::Value {
+    let rolled = base.join("rolled.sqlite");
+    std::fs::copy(
+        base.join("collectd.sqlite"),
+        base.join("rolled.sqlite.yesterday"),
+    )
+    .expect("copy the collector's database");
+    let shift = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, datetime\n\
+             today = datetime.date.fromisoformat(sys.argv[2])\n\
+             y = (today - datetime.timedelta(days=1)).isoformat()\n\
+             db = sqlite3.connect(sys.argv[1])\n\
+             db.execute('UPDATE finalresults SET day=?', (y,))\n\
+             db.execute('UPDATE failures SET day=?', (y,))\n\
+             db.execute('INSERT INTO daystatus(daycomplete) VALUES(?)', (y,))\n\
+             db.commit()\n",
+        )
+        .arg(base.join("rolled.sqlite.yesterday"))
+        .arg(today)
+        .status()
+        .expect("run python3");
+    assert!(shift.success(), "could not roll the collector's day over");
+    let out = base.join("reports");
+    std::fs::create_dir_all(&out).unwrap();
+    let fetcher_cmd = format!(
+        "{} --storage sqlite://{} --logfilename {}",
+        fetcher.display(),
+        rolled.display(),
+        base.join("fetcher-reportd.log").display()
+    );
+    let mut daemon = Collectd(
+        Command::new(reportd)
+            .arg("--dbname")
+            .arg(base.join("reportd.sqlite"))
+            .arg("--fetchers")
+            .arg(&fetcher_cmd)
+            .arg("--debug_send_file_dest")
+            .arg(&out)
+            .arg("--sendmail_script")
+            .arg(format!("cat > {}", base.join("report.eml").display()))
+            .args(["--spread_out_delivery", "1", "--interval_main_loop", "1"])
+            .args(["--min_wait_delivery", "0", "--max_wait_delivery", "1"])
+            .args(["--min_wait_domainlist", "0", "--max_wait_domainlist", "1"])
+            .args([
+                "--min_wait_domaindetails",
+                "0",
+                "--max_wait_domaindetails",
+                "1",
+            ])
+            .args(["--organization_name", "Sender Test Org"])
+            .args(["--contact_info", "postmaster@sender.test"])
+            .args(["--sender_address", "tlsrpt@sender.test"])
+            .arg("--logfilename")
+            .arg(base.join("reportd.log"))
+            .arg("--pidfilename")
+            .arg(base.join("reportd.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tlsrpt-reportd"),
+    );
+    // The report as it goes to the rua= destination (reportd also saves
+    // the mail it builds around it, under a THE_EMAIL_TO_ name).
+    let wanted = out.join("testreport-rpt.test-1-mailto:tlsrpt@rpt.test.json");
+    let started = Instant::now();
+    while !wanted.exists() {
+        if started.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "tlsrpt-reportd made no report; its log:\n{}",
+                std::fs::read_to_string(base.join("reportd.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Written in one go, but give the file a moment to be complete.
+    let text = loop {
+        let text = std::fs::read_to_string(&wanted).unwrap_or_default();
+        if serde_json::from_str::<serde_json::Value>(&text).is_ok()
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mail = loop {
+        let mail = std::fs::read_to_string(base.join("report.eml")).unwrap_or_default();
+        if mail.contains("tlsrpt+gzip") || started.elapsed() > Duration::from_secs(30) {
+            break mail;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    // RFC 8460 §5.3: the mail is a multipart/report of type tlsrpt with
+    // the gzip report attached.
+    assert!(
+        mail.contains("multipart/report") && mail.contains("report-type=\"tlsrpt\""),
+        "{mail}"
+    );
+    assert!(mail.contains("application/tlsrpt+gzip"), "{mail}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON ({e}): {text}"))
+}
+
+/// The daily report, field by field (RFC 8460 §4.3, §4.4).
+fn check_daily_report(postfix: &Postfix, report: &serde_json::Value) {
+    let r = report;
+    assert_eq!(
+        r["organization-name"], "Sender Test Org",
+        "{postfix}: {r:#}"
+    );
+    assert_eq!(r["contact-info"], "postmaster@sender.test", "{r:#}");
+    assert!(
+        r["report-id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{r:#}"
+    );
+    let start = r["date-range"]["start-datetime"].as_str().expect("start");
+    let end = r["date-range"]["end-datetime"].as_str().expect("end");
+    assert!(
+        start.ends_with("T00:00:00Z") && end.ends_with("T23:59:59Z"),
+        "{r:#}"
+    );
+    assert_eq!(start[..10], end[..10], "one UTC day: {r:#}");
+    let policies = r["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 1, "{r:#}");
+    let p = &policies[0];
+    assert_eq!(p["policy"]["policy-type"], "sts", "{r:#}");
+    assert_eq!(p["policy"]["policy-domain"], "rpt.test", "{r:#}");
+    let strings: Vec<&str> = p["policy"]["policy-string"]
+        .as_array()
+        .expect("policy-string")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(strings, POLICY.lines().collect::<Vec<_>>(), "{r:#}");
+    assert_eq!(
+        p["policy"]["mx-host"],
+        serde_json::json!(["mx1.rpt.test", "mx2.rpt.test"]),
+        "{r:#}"
+    );
+    assert_eq!(p["summary"]["total-successful-session-count"], 1, "{r:#}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 1, "{r:#}");
+    let details = p["failure-details"].as_array().expect("failure-details");
+    assert_eq!(details.len(), 1, "{r:#}");
+    let d = &details[0];
+    assert_eq!(d["result-type"], "validation-failure", "{r:#}");
+    assert_eq!(d["receiving-mx-hostname"], "mx2.rpt.test", "{r:#}");
+    assert_eq!(d["receiving-ip"], "127.0.0.3", "{r:#}");
+    assert_eq!(d["failed-session-count"], 1, "{r:#}");
 }
 
 /// Today's date in UTC, `YYYY-MM-DD`, as the collector files it.
