@@ -120,13 +120,6 @@ impl Findings {
     pub fn has(&self, code: &str) -> bool {
         self.list.iter().any(|f| f.code == code)
     }
-
-    /// True when a finding of `section` at least as bad as `severity` exists.
-    pub fn any_at_least(&self, section: Section, severity: Severity) -> bool {
-        self.list
-            .iter()
-            .any(|f| f.section == section && f.severity >= severity)
-    }
 }
 
 /// Counts by severity.
@@ -278,8 +271,6 @@ mod tests {
         assert_eq!(Counts::of(f.list()).exit_code(), 1);
         f.push_host(Section::Mx, "mx.test", Severity::Error, "e", "e");
         assert_eq!(Counts::of(f.list()).exit_code(), 2);
-        assert!(f.any_at_least(Section::Mx, Severity::Error));
-        assert!(!f.any_at_least(Section::Txt, Severity::Warning));
     }
 
     #[test]

@@ -4,12 +4,11 @@
 //! sender gets a `multipart/report; report-type=delivery-status` message
 //! (RFC 6522, which obsoletes RFC 3462) carrying a human-readable
 //! explanation, a machine-readable `message/delivery-status` part (RFC 3464)
-//! and the original header section as `text/rfc822-headers`.  Only the
-//! headers go back, not the whole message: that keeps the bounce small and
-//! avoids reflecting arbitrary content to a possibly forged sender.
-//!
-//! We write the MIME by hand because lettre cannot build it: its
-//! `MultiPartKind` has no `multipart/report` with a `report-type` parameter.
+//! and the original header section as `text/rfc822-headers`, or the whole
+//! message as `message/rfc822` when the sender asked for it (RFC 3461
+//! `RET=FULL`, never for REQUIRETLS mail) and it is small enough. Headers
+//! only is the default: it keeps the bounce small and avoids reflecting
+//! arbitrary content to a possibly forged sender.
 //!
 //! Everything that came from outside (addresses, remote replies, the original
 //! headers) is treated as hostile: control characters are removed so nothing
