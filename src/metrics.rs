@@ -28,7 +28,7 @@ pub struct LookupLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
-    /// memory or disk (redis once the fleet store exists).
+    /// memory, disk or redis (the shared fleet store).
     pub tier: String,
 }
 
@@ -48,7 +48,7 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
-    /// enforce, testing, none or no-policy.
+    /// enforce, testing, none, no-policy or dane.
     pub mode: String,
     /// delivered, deferred, bounced or rejected.
     pub result: String,
@@ -56,8 +56,10 @@ pub struct AttemptLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyFailureLabels {
+    /// enforce, testing, dane or requiretls.
     pub mode: String,
-    /// RFC 8460 §4.3 result type, or mx-mismatch.
+    /// RFC 8460 §4.3 result type, mx-mismatch, or (requiretls)
+    /// no-authenticated-mx.
     pub result_type: String,
 }
 
