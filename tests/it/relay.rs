@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::harness::{eventually, policy, World};
-use crate::support::smtp::{SmtpCert, SmtpOptions, SmtpServer};
+use crate::support::smtp::{ReceivedMessage, SmtpCert, SmtpOptions, SmtpServer};
 
 /// A relay running in this process against a world and a group of MX
 /// fixtures sharing one port.
@@ -133,6 +133,20 @@ pub(crate) fn message(id: &str, from: &str, to: &str, body: &str) -> String {
     format!(
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: relay test {id}\r\nMessage-ID: <{id}@client.test>\r\n\r\n{body}"
     )
+}
+
+/// The reports (null sender) that reached `server`.
+pub(crate) fn reports(server: &SmtpServer) -> Vec<ReceivedMessage> {
+    server
+        .messages()
+        .into_iter()
+        .filter(|m| m.mail_from.is_empty())
+        .collect()
+}
+
+/// A received message as text, for assertions.
+pub(crate) fn text(m: &ReceivedMessage) -> String {
+    String::from_utf8_lossy(&m.data).into_owned()
 }
 
 /// Dot-stuffs a message for DATA (RFC 5321 §4.5.2).

@@ -9,8 +9,8 @@ use mta_sts_agent::smtp::{Reply, SmtpConn};
 use tokio::net::TcpStream;
 
 use crate::harness::eventually;
-use crate::relay::{message, publish_enforce, stuffed, Rig, LIMIT};
-use crate::support::smtp::{ReceivedMessage, SmtpOptions, SmtpServer};
+use crate::relay::{message, publish_enforce, reports, stuffed, text, Rig, LIMIT};
+use crate::support::smtp::SmtpOptions;
 
 /// One transaction with the given MAIL and RCPT lines, exactly as written.
 /// Returns the EHLO keywords and the reply that ended the attempt.
@@ -45,19 +45,6 @@ pub(crate) async fn submit_lines(
     let end = c.read_reply().await.expect("reply to the end of data");
     c.quit().await;
     (keywords, end)
-}
-
-/// The reports (null sender) that reached `server`.
-fn reports(server: &SmtpServer) -> Vec<ReceivedMessage> {
-    server
-        .messages()
-        .into_iter()
-        .filter(|m| m.mail_from.is_empty())
-        .collect()
-}
-
-fn text(m: &ReceivedMessage) -> String {
-    String::from_utf8_lossy(&m.data).into_owned()
 }
 
 /// A rig with `dsn.test` (one MX, enforce policy, `opts`) and the sender's

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::daemon::{free_port, write_file, Daemon};
 use crate::harness::{eventually, policy, World};
-use crate::relay::{ip, message, relay_toml, stuffed, Rig, LIMIT};
+use crate::relay::{ip, message, relay_toml, reports, stuffed, text, Rig, LIMIT};
 use crate::support::ca::TestCa;
 use crate::support::smtp::{ReceivedMessage, SmtpCert, SmtpOptions, SmtpServer};
 
@@ -103,18 +103,6 @@ pub(crate) async fn submit_tls(
     let end = c.read_reply().await.expect("reply to the end of data");
     c.quit().await;
     end
-}
-
-fn reports(server: &SmtpServer) -> Vec<ReceivedMessage> {
-    server
-        .messages()
-        .into_iter()
-        .filter(|m| m.mail_from.is_empty())
-        .collect()
-}
-
-fn text(m: &ReceivedMessage) -> String {
-    String::from_utf8_lossy(&m.data).into_owned()
 }
 
 fn saw_mail(server: &SmtpServer) -> bool {
