@@ -125,6 +125,15 @@ pub struct RelayConfig {
     pub max_mx_hosts: usize,
     /// Addresses tried per MX host.
     pub max_addresses_per_host: usize,
+    /// How long a session stays open after a delivery, waiting for the
+    /// next message to the same destination (Postfix's
+    /// `smtp_connection_cache_time_limit`). "0s": one session per delivery.
+    #[serde(with = "humantime_serde")]
+    pub connection_cache_time: Duration,
+    /// A session is not used for new deliveries once it is this old
+    /// (Postfix's `smtp_connection_reuse_time_limit`).
+    #[serde(with = "humantime_serde")]
+    pub connection_reuse_time: Duration,
     /// TLS-RPT (RFC 8460) aggregate reports about deliveries under
     /// MTA-STS: `[relay.tlsrpt]`.
     pub tlsrpt: TlsRptConfig,
@@ -161,6 +170,8 @@ impl Default for RelayConfig {
             data_timeout: m(10),
             max_mx_hosts: 5,
             max_addresses_per_host: 2,
+            connection_cache_time: Duration::from_secs(2),
+            connection_reuse_time: m(5),
             tlsrpt: TlsRptConfig::default(),
         }
     }

@@ -137,6 +137,9 @@ pub struct TlsReport {
     /// `Ok` when the chain is valid for `server_name` under the trust store.
     pub cert: Result<(), CertProblem>,
     pub leaf: Option<LeafInfo>,
+    /// The session was resumed (no certificate was sent; `cert` is the
+    /// verdict on the chain of the session resumed, checked again now).
+    pub resumed: bool,
 }
 
 /// Why no handshake completed.
@@ -203,6 +206,56 @@ impl ServerCertVerifier for Recording {
     }
 }
 
+/// Accepts any certificate and leaves the verdict to the caller, which
+/// checks the chain after the handshake (see
+/// [`TlsProber::with_session_resumption`]); the handshake signatures, the
+/// proof that the peer holds the certificate's key, are checked as ever.
+#[derive(Debug)]
+struct Deferred {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for Deferred {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Clone)]
+struct Resuming {
+    config: Arc<rustls::ClientConfig>,
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
 /// Runs diagnostic TLS handshakes against one trust store.
 #[derive(Clone)]
 pub struct TlsProber {
@@ -210,6 +263,10 @@ pub struct TlsProber {
     provider: Arc<CryptoProvider>,
     timeout: Duration,
     trust: Arc<str>,
+    /// One client configuration for every handshake, keeping TLS sessions
+    /// for resumption (the relay's MX connections); `None`: every handshake
+    /// is a full one with a configuration of its own (the diagnosis).
+    resuming: Option<Resuming>,
 }
 
 impl std::fmt::Debug for TlsProber {
@@ -251,7 +308,43 @@ impl TlsProber {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             timeout,
             trust: trust.into(),
+            resuming: None,
         }
+    }
+
+    /// Keeps up to `entries` TLS sessions (RFC 8446 §2.2 tickets, RFC 5077
+    /// for TLS 1.2) keyed by server name, so a new connection to an MX host
+    /// skips the full handshake. rustls resumes only under the very
+    /// verifier that made the session, so this prober then uses one
+    /// configuration for all handshakes, whose verifier defers the
+    /// certificate verdict to [`handshake`](Self::handshake): there the
+    /// chain is checked for the name asked for, now, whether it was just
+    /// presented or comes from the session resumed (rustls hands it back).
+    /// A resumed session thus gets exactly the verdict of a full one, under
+    /// every policy; DANE callers check that chain against the current
+    /// TLSA records as always. Without ALPN only (the relay's case).
+    pub fn with_session_resumption(mut self, entries: usize) -> Result<TlsProber, String> {
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| format!("no usable trust anchors: {e}"))?;
+        let deferred = Arc::new(Deferred {
+            inner: webpki.clone(),
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(deferred)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::store(Arc::new(
+            rustls::client::ClientSessionMemoryCache::new(entries),
+        ));
+        self.resuming = Some(Resuming {
+            config: Arc::new(config),
+            webpki,
+        });
+        Ok(self)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -277,22 +370,34 @@ impl TlsProber {
     {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|_| TlsProbeError::BadName(server_name.to_string()))?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+        let checked_name = name.clone();
+        // Per call: a verifier that records its verdict for this handshake.
+        // Resuming: the shared configuration, the verdict made below.
+        let (config, recording, webpki) = match &self.resuming {
+            Some(r) if alpn.is_empty() => (r.config.clone(), None, r.webpki.clone()),
+            _ => {
+                let inner = WebPkiServerVerifier::builder_with_provider(
+                    self.roots.clone(),
+                    self.provider.clone(),
+                )
                 .build()
                 .map_err(|e| TlsProbeError::Handshake(format!("no usable trust anchors: {e}")))?;
-        let recording = Arc::new(Recording {
-            inner,
-            outcome: Mutex::new(None),
-        });
-        let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsProbeError::Handshake(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(recording.clone())
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let connector = TlsConnector::from(Arc::new(config));
+                let recording = Arc::new(Recording {
+                    inner: inner.clone(),
+                    outcome: Mutex::new(None),
+                });
+                let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsProbeError::Handshake(e.to_string()))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(recording.clone())
+                    .with_no_client_auth();
+                config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                config.resumption = rustls::client::Resumption::disabled();
+                (Arc::new(config), Some(recording), inner)
+            }
+        };
+        let connector = TlsConnector::from(config);
         let tls = match tokio::time::timeout(self.timeout, connector.connect(name, stream)).await {
             Err(_) => return Err(TlsProbeError::Timeout(self.timeout)),
             Ok(Err(e)) => return Err(classify_handshake_error(&e)),
@@ -318,12 +423,26 @@ impl TlsProber {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .and_then(|der| leaf_info(der, unix_now()));
-        let cert = recording
-            .outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_else(|| Err(CertProblem::Other("no certificate was presented".into())));
+        let recorded =
+            recording.and_then(|r| r.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let cert = match (recorded, conn.peer_certificates()) {
+            (Some(verdict), _) => verdict,
+            // The deferred verdict: the chain presented now, or the one of
+            // the session resumed (rustls: "resumption is a continuation of
+            // the previous session"; ours is not a continuation of trust).
+            (None, Some([end_entity, intermediates @ ..])) => webpki
+                .verify_server_cert(
+                    end_entity,
+                    intermediates,
+                    &checked_name,
+                    &[],
+                    UnixTime::now(),
+                )
+                .map(|_| ())
+                .map_err(|e| classify_cert_error(&e)),
+            (None, _) => Err(CertProblem::Other("no certificate was presented".into())),
+        };
         let report = TlsReport {
             server_name: server_name.to_string(),
             version: version_text,
@@ -331,6 +450,7 @@ impl TlsProber {
             cipher,
             cert,
             leaf,
+            resumed,
         };
         Ok((tls, report))
     }

@@ -61,7 +61,9 @@ impl Relay {
         let dir = spool_dir(config);
         let spool = spool::Spool::open(&dir)
             .map_err(|e| format!("cannot open the relay queue {}: {e}", dir.display()))?;
-        let tls = TlsProber::new(&config.fetch, config.relay.connect_timeout)?;
+        // rustls's own default size; a session is a few hundred bytes.
+        let tls = TlsProber::new(&config.fetch, config.relay.connect_timeout)?
+            .with_session_resumption(256)?;
         let hostname = hostname(config);
         let tlsrpt = tlsrpt::Tlsrpt::open(config, &hostname, resolver.dns())?;
         let deliverer = deliver::Deliverer::new(

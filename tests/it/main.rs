@@ -37,6 +37,7 @@ mod relay;
 mod relay_crash;
 mod relay_dsn;
 mod relay_requiretls;
+mod relay_reuse;
 mod relay_session;
 mod relay_tlsrpt;
 mod resolver;

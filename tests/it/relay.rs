@@ -24,6 +24,8 @@ pub(crate) struct Rig {
     pub mx_port: u16,
     pub addr: SocketAddr,
     pub queue: Queue,
+    /// The relay's own resolver (to force a policy refresh).
+    pub resolver: mta_sts_agent::resolver::Resolver,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -78,7 +80,7 @@ impl Rig {
         let config = Config::parse(&text, std::path::Path::new("relay-test.toml"))
             .expect("relay test config");
         let resolver = world.resolver_with(&config);
-        let relay = Relay::open(&config, resolver)
+        let relay = Relay::open(&config, resolver.clone())
             .await
             .expect("open the relay");
         let queue = relay.queue.clone();
@@ -92,6 +94,7 @@ impl Rig {
             mx_port,
             addr,
             queue,
+            resolver,
             stop,
             task,
         }

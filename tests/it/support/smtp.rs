@@ -73,6 +73,9 @@ pub struct SmtpOptions {
     /// Advertise REQUIRETLS (RFC 8689), over TLS only; without it, the
     /// parameter is refused with 555.
     pub requiretls: bool,
+    /// Close the connection right after the reply to the end of data,
+    /// without a word (a server that drops idle sessions, or has crashed).
+    pub close_after_message: bool,
 }
 
 impl SmtpOptions {
@@ -89,7 +92,13 @@ impl SmtpOptions {
             data_reply: None,
             dsn: false,
             requiretls: false,
+            close_after_message: false,
         }
+    }
+
+    pub fn close_after_message(mut self, on: bool) -> Self {
+        self.close_after_message = on;
+        self
     }
 
     pub fn dsn(mut self, on: bool) -> Self {
@@ -151,6 +160,8 @@ pub struct ReceivedMessage {
 struct Counters {
     connections: usize,
     tls_handshakes: usize,
+    /// Of those, abbreviated handshakes resuming an earlier session.
+    tls_resumed: usize,
     messages: Vec<ReceivedMessage>,
     commands: Vec<String>,
 }
@@ -288,6 +299,11 @@ impl SmtpServer {
     /// Completed STARTTLS handshakes.
     pub fn tls_handshakes(&self) -> usize {
         lock(&self.shared.counters).tls_handshakes
+    }
+
+    /// Completed STARTTLS handshakes that resumed an earlier TLS session.
+    pub fn tls_resumed(&self) -> usize {
+        lock(&self.shared.counters).tls_resumed
     }
 
     pub fn message_count(&self) -> usize {
@@ -491,7 +507,15 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     Ok(Ok(stream)) => stream,
                     _ => return Ok(()),
                 };
-                lock(&shared.counters).tls_handshakes += 1;
+                {
+                    let resumed =
+                        stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    let mut c = lock(&shared.counters);
+                    c.tls_handshakes += 1;
+                    if resumed {
+                        c.tls_resumed += 1;
+                    }
+                }
                 s.io = Io::Tls(Box::new(stream));
                 tls = true;
                 helo = None;
@@ -597,6 +621,9 @@ async fn session(tcp: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                         rcpt_lines: rcpt_lines.clone(),
                     });
                     s.reply("250 2.0.0 queued\r\n").await?;
+                }
+                if opts.close_after_message {
+                    return Ok(());
                 }
                 mail_from = None;
                 rcpt_to.clear();
