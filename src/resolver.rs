@@ -27,7 +27,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, PolicyFetch};
 use crate::policy::{discover, normalize_domain, Discovery, Mode};
 use crate::store::{
     unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
@@ -147,7 +147,7 @@ struct Inner {
     /// Overridden domains already logged (once per process, not per lookup).
     overrides_logged: Mutex<std::collections::HashSet<String>>,
     dns: Dns,
-    fetcher: Fetcher,
+    fetcher: Arc<dyn PolicyFetch>,
     store: PolicyStore,
     cfg: CacheConfig,
     state: moka::future::Cache<String, DomainState>,
@@ -193,7 +193,12 @@ impl Drop for InflightGuard {
 }
 
 impl Resolver {
-    pub fn new(dns: Dns, fetcher: Fetcher, store: PolicyStore, cfg: CacheConfig) -> Resolver {
+    pub fn new(
+        dns: Dns,
+        fetcher: impl PolicyFetch,
+        store: PolicyStore,
+        cfg: CacheConfig,
+    ) -> Resolver {
         let mx_capacity = cfg.memory_entries;
         let ttl = cfg
             .recheck_interval
@@ -215,7 +220,7 @@ impl Resolver {
                 overrides: HashMap::new(),
                 overrides_logged: Mutex::new(Default::default()),
                 dns,
-                fetcher,
+                fetcher: Arc::new(fetcher),
                 store,
                 cfg,
                 state,
@@ -267,8 +272,8 @@ impl Resolver {
         &self.inner.dns
     }
 
-    pub fn fetcher(&self) -> &Fetcher {
-        &self.inner.fetcher
+    pub fn fetcher(&self) -> &dyn PolicyFetch {
+        self.inner.fetcher.as_ref()
     }
 
     pub fn store(&self) -> &PolicyStore {
