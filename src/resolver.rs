@@ -28,7 +28,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
 use crate::fetch::{Fetcher, PolicyFetch};
-use crate::policy::{discover, normalize_domain, Discovery, Mode};
+use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts};
 use crate::store::{
     unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
 };
@@ -561,31 +561,25 @@ impl Inner {
         let now = Instant::now();
         let floor = now + self.cfg.mx_min_ttl;
         let ceiling = now + Duration::from_secs(3600);
-        let set = match self.dns.mx_with_expiry(domain).await {
-            Ok((crate::dns::Answer::Records(records), expiry)) => {
-                let null_mx = records.iter().any(|r| r.is_null());
-                let mut hosts: Vec<String> = Vec::new();
-                for r in records.iter().filter(|r| !r.is_null()) {
-                    if !hosts.contains(&r.exchange) {
-                        hosts.push(r.exchange.clone());
-                    }
-                }
-                MxSet {
-                    hosts,
-                    null_mx,
-                    fresh_until: expiry.unwrap_or(floor).clamp(floor, ceiling),
-                }
-            }
-            // RFC 5321 §5.1: no MX records, the domain itself is the host.
-            Ok((crate::dns::Answer::NoRecords { .. }, _)) => MxSet {
-                hosts: vec![domain.to_string()],
-                null_mx: false,
-                fresh_until: floor,
-            },
+        let (answer, expiry) = match self.dns.mx_with_expiry(domain).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(domain, error = %e, "MX lookup failed; answering with the policy's patterns");
                 return None;
             }
+        };
+        let (hosts, null_mx) = match answer.mx_hosts(domain) {
+            MxHosts::Hosts(hosts) => (hosts, false),
+            MxHosts::NullMx { alongside } => (alongside, true),
+            // Answered like a domain without MX records: Postfix meets the
+            // NXDOMAIN itself when it looks the host up.
+            MxHosts::NoDomain => (vec![domain.to_string()], false),
+        };
+        // A negative answer has no expiry: kept for `mx_min_ttl`.
+        let set = MxSet {
+            hosts,
+            null_mx,
+            fresh_until: expiry.unwrap_or(floor).clamp(floor, ceiling),
         };
         let set = Arc::new(set);
         self.mx_sets.insert(domain.to_string(), set.clone()).await;
@@ -966,3 +960,6 @@ impl Inner {
 pub fn is_enforcing(mode: Mode, testing_as_enforce: bool) -> bool {
     mode == Mode::Enforce || (testing_as_enforce && mode == Mode::Testing)
 }
+
+#[cfg(test)]
+mod tests;

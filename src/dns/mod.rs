@@ -15,9 +15,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hickory_resolver::proto::rr::{RData, RecordType};
+pub use hickory_resolver::proto::rr::{RData, RecordType};
 
 use crate::config::Config;
+use crate::policy::MxHosts;
 
 pub mod hickory;
 #[cfg(test)]
@@ -62,6 +63,18 @@ impl MxRecord {
     /// RFC 7505: "The domain accepts no mail" (exchange is the root, `.`).
     pub fn is_null(&self) -> bool {
         self.exchange.is_empty()
+    }
+}
+
+impl Answer<MxRecord> {
+    /// The hosts this MX answer for `domain` names (see [`MxHosts`]).
+    pub fn mx_hosts(&self, domain: &str) -> MxHosts {
+        let nxdomain = matches!(self, Answer::NoRecords { nxdomain: true });
+        MxHosts::from_lookup(
+            domain,
+            nxdomain,
+            self.records().iter().map(|r| r.exchange.as_str()),
+        )
     }
 }
 
