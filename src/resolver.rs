@@ -78,33 +78,43 @@ pub enum NoPolicy {
     Pending,
 }
 
-/// Why the last discovery or fetch failed.
+/// Why the last discovery or fetch failed, told apart by what the caller
+/// must do with it (mox's sentinels): both mean "deliver as without a
+/// policy until the backoff ends", only a fetch failure is reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: String,
-    /// RFC 8460 §4.3.1 result type, when the policy itself could not be
-    /// had (TLS-RPT reports it); None for DNS trouble during discovery.
-    pub result_type: Option<&'static str>,
+pub enum Failure {
+    /// Nobody could tell whether the domain publishes a policy: the TXT
+    /// lookup failed, or another agent's fetch produced none. Not a
+    /// TLS-RPT failure: no policy was ever seen.
+    Discovery(String),
+    /// A policy is published but could not be had; TLS-RPT reports the
+    /// delivery as `result_type` (RFC 8460 §4.3.1).
+    Fetch {
+        reason: String,
+        result_type: &'static str,
+    },
 }
 
-impl From<String> for Failure {
-    fn from(reason: String) -> Failure {
-        Failure {
-            reason,
-            result_type: None,
+impl Failure {
+    /// The reason, as logged.
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Discovery(reason) | Failure::Fetch { reason, .. } => reason,
         }
     }
-}
 
-impl From<&str> for Failure {
-    fn from(reason: &str) -> Failure {
-        Failure::from(reason.to_string())
+    /// The RFC 8460 §4.3.1 result type to report, for a fetch failure.
+    pub fn result_type(&self) -> Option<&'static str> {
+        match self {
+            Failure::Discovery(_) => None,
+            Failure::Fetch { result_type, .. } => Some(result_type),
+        }
     }
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
+        f.write_str(self.reason())
     }
 }
 
@@ -738,7 +748,8 @@ impl Inner {
             Err(e) => {
                 m.discovery("failure");
                 let reason = format!("TXT lookup of {txt_name} failed: {}", e.reason);
-                self.failed(domain, cached.as_deref(), failures, reason.into())
+                let failure = Failure::Discovery(reason);
+                self.failed(domain, cached.as_deref(), failures, failure)
                     .await;
                 return;
             }
@@ -801,8 +812,9 @@ impl Inner {
                 // What the peer stored would weaken ours: see for ourselves.
                 Err(true) => {}
                 Err(false) => {
-                    let reason = "another agent's fetch produced no policy".to_string();
-                    self.failed(domain, cached.as_deref(), failures, reason.into())
+                    let failure =
+                        Failure::Discovery("another agent's fetch produced no policy".to_string());
+                    self.failed(domain, cached.as_deref(), failures, failure)
                         .await;
                     return;
                 }
@@ -919,9 +931,9 @@ impl Inner {
             Err(e) => {
                 let reason = format!("policy fetch from {} failed: {e}", self.fetcher.url(domain));
                 tracing::warn!(domain, id = %id, class = e.class(), "{reason}");
-                let failure = Failure {
+                let failure = Failure::Fetch {
                     reason,
-                    result_type: Some(fetch_result_type(&e)),
+                    result_type: fetch_result_type(&e),
                 };
                 self.failed(domain, cached, failures, failure).await;
             }

@@ -233,9 +233,10 @@ async fn a_dns_failure_without_a_cached_policy_backs_off() {
     let NoPolicy::Backoff(failure) = &why else {
         panic!("expected a backoff, got {why:?}");
     };
-    assert_eq!(failure.result_type, None);
+    assert!(matches!(failure, Failure::Discovery(_)));
+    assert_eq!(failure.result_type(), None);
     assert!(failure
-        .reason
+        .reason()
         .contains("TXT lookup of _mta-sts.example.test failed"));
     w.zone.heal(TXT, RecordType::TXT);
     assert!(matches!(no_policy(lookup(&w).await), NoPolicy::Backoff(_)));
@@ -262,14 +263,14 @@ async fn a_failed_fetch_is_reported_with_its_rfc_8460_result_type() {
         let NoPolicy::Backoff(failure) = no_policy(lookup(&w).await) else {
             panic!("expected a backoff");
         };
-        assert_eq!(failure.result_type, Some(expected));
+        assert_eq!(failure.result_type(), Some(expected));
     }
     let w = world();
     w.web.serve(D, "version: STSv1\nmode: sometimes\n");
     let NoPolicy::Backoff(failure) = no_policy(lookup(&w).await) else {
         panic!("expected a backoff");
     };
-    assert_eq!(failure.result_type, Some("sts-policy-invalid"));
+    assert_eq!(failure.result_type(), Some("sts-policy-invalid"));
 }
 
 #[test]
