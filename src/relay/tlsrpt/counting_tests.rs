@@ -13,27 +13,28 @@ const D: &str = "example.test";
 const BODY: &str = "version: STSv1\r\nmode: enforce\r\n\r\nmx: mx1.example.test\r\nmx: *.backup.example.test\r\nmax_age: 86400\r\n";
 
 struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     zone: ZoneDns,
     tlsrpt: Tlsrpt,
 }
 
-fn world_with(enabled: bool) -> World {
-    let dir = tempfile::tempdir().expect("tempdir");
+fn config(dir: &tempfile::TempDir, enabled: bool) -> Config {
     let mut config = Config {
         state_dir: Some(dir.path().to_path_buf()),
         ..Config::default()
     };
     config.relay.tlsrpt.enabled = enabled;
+    config
+}
+
+fn world_with(enabled: bool) -> World {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(&dir, enabled);
     let zone = ZoneDns::from_zone(
         "_smtp._tls.example.test. 300 IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@example.test\"\n",
     );
     let tlsrpt = Tlsrpt::open(&config, "relay.test", &Dns::new(zone.clone())).expect("open");
-    World {
-        _dir: dir,
-        zone,
-        tlsrpt,
-    }
+    World { dir, zone, tlsrpt }
 }
 
 fn world() -> World {
@@ -304,11 +305,12 @@ async fn counts_flushed_to_disk_survive_a_restart() {
     );
     w.tlsrpt.sts(Some(&p), "mx1.example.test", None, None, None);
     w.tlsrpt.flush_blocking().expect("flush");
-    let config = Config {
-        state_dir: Some(w._dir.path().to_path_buf()),
-        ..Config::default()
-    };
-    let again = Tlsrpt::open(&config, "relay.test", &Dns::new(w.zone.clone())).expect("reopen");
+    let again = Tlsrpt::open(
+        &config(&w.dir, true),
+        "relay.test",
+        &Dns::new(w.zone.clone()),
+    )
+    .expect("reopen");
     assert_eq!(again.counts(today(), D), w.tlsrpt.counts(today(), D));
 }
 
