@@ -24,7 +24,10 @@ use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::dns::{Answer, Dns, MxRecord, TlsaRecord};
+use crate::policy::MxHosts;
 
+#[cfg(test)]
+mod lookup_tests;
 pub mod precedence;
 pub use precedence::{host_rule, hosts_to_try, HostRule};
 
@@ -349,19 +352,13 @@ impl Dane {
                 mx: Some((answer, mx_ttl)),
             };
         }
-        let hosts: Vec<String> = match answer.clone() {
-            Answer::Records(r) => {
-                let mut hosts: Vec<String> = Vec::with_capacity(r.len());
-                for m in r.into_iter().filter(|m| !m.is_null()) {
-                    if !hosts.contains(&m.exchange) {
-                        hosts.push(m.exchange);
-                    }
-                }
-                hosts
-            }
+        let hosts: Vec<String> = match answer.mx_hosts(domain) {
             // RFC 7672 §2.2.1: no MX, the domain itself is the host.
-            Answer::NoRecords { nxdomain: false } => vec![domain.to_string()],
-            Answer::NoRecords { nxdomain: true } => {
+            MxHosts::Hosts(hosts) => hosts,
+            // A null MX names no host to protect; any beside it (RFC 7505
+            // forbids them) are still judged by their own TLSA records.
+            MxHosts::NullMx { alongside } => alongside,
+            MxHosts::NoDomain => {
                 return Found {
                     status: DomainDane::NotApplicable(format!("{domain} does not exist")),
                     ttl: None,

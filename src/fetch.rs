@@ -1,7 +1,9 @@
 //! HTTPS retrieval of a policy document (RFC 8461 §3.3), with hard bounds on
 //! time and size so that a hostile policy host costs nothing.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -97,6 +99,43 @@ struct Trace {
 pub struct FetchedPolicy {
     pub body: String,
     pub parsed: ParsedPolicy,
+}
+
+/// A policy fetch in flight; boxed so that [`PolicyFetch`] can be a trait
+/// object.
+pub type Fetching<'a> =
+    Pin<Box<dyn Future<Output = Result<FetchedPolicy, FetchError>> + Send + 'a>>;
+
+/// Where the resolver gets policies from: [`Fetcher`] over HTTPS, an
+/// in-memory one in unit tests (so RFC 8461 §5's caching rules are tested
+/// without a web server).
+pub trait PolicyFetch: Send + Sync + 'static {
+    /// Fetches and validates the policy of `domain` (already normalised).
+    fn fetch<'a>(&'a self, domain: &'a str) -> Fetching<'a>;
+    /// Where the policy of `domain` is fetched from (§3.3), for logs.
+    fn url(&self, domain: &str) -> String;
+    /// The deadline of one whole fetch.
+    fn timeout(&self) -> Duration;
+    /// Where the trust anchors came from, for the start-up log line.
+    fn trust_description(&self) -> &str;
+}
+
+impl PolicyFetch for Fetcher {
+    fn fetch<'a>(&'a self, domain: &'a str) -> Fetching<'a> {
+        Box::pin(Fetcher::fetch(self, domain))
+    }
+
+    fn url(&self, domain: &str) -> String {
+        Fetcher::url(self, domain)
+    }
+
+    fn timeout(&self) -> Duration {
+        Fetcher::timeout(self)
+    }
+
+    fn trust_description(&self) -> &str {
+        Fetcher::trust_description(self)
+    }
 }
 
 #[derive(Clone)]
@@ -374,6 +413,92 @@ pub fn is_text_plain(content_type: Option<&str>) -> bool {
     };
     let essence = ct.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("text/plain")
+}
+
+/// Policies served from memory, for unit tests of what is built on fetches.
+#[cfg(test)]
+pub mod memory {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, MutexGuard};
+    use std::time::Duration;
+
+    use super::{FetchError, FetchedPolicy, Fetching, PolicyFetch};
+    use crate::policy::parse_policy;
+
+    #[derive(Default)]
+    struct Served {
+        bodies: HashMap<String, Result<String, FetchError>>,
+        fetches: HashMap<String, usize>,
+        delay: Option<Duration>,
+    }
+
+    /// Clones share what is served, so a test changes a policy or counts
+    /// fetches while the resolver holds another clone.
+    #[derive(Clone, Default)]
+    pub struct MemoryFetch {
+        served: Arc<Mutex<Served>>,
+    }
+
+    impl MemoryFetch {
+        fn lock(&self) -> MutexGuard<'_, Served> {
+            self.served.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// `domain`'s policy host serves `body` (validated as a fetched one is).
+        pub fn serve(&self, domain: &str, body: &str) {
+            self.lock()
+                .bodies
+                .insert(domain.to_string(), Ok(body.to_string()));
+        }
+
+        /// Fetching `domain`'s policy fails with `error`.
+        pub fn fail(&self, domain: &str, error: FetchError) {
+            self.lock().bodies.insert(domain.to_string(), Err(error));
+        }
+
+        /// Every fetch waits this long first.
+        pub fn delay(&self, wait: Duration) {
+            self.lock().delay = Some(wait);
+        }
+
+        /// Fetches of `domain` so far.
+        pub fn fetches(&self, domain: &str) -> usize {
+            self.lock().fetches.get(domain).copied().unwrap_or(0)
+        }
+    }
+
+    impl PolicyFetch for MemoryFetch {
+        fn fetch<'a>(&'a self, domain: &'a str) -> Fetching<'a> {
+            Box::pin(async move {
+                let (served, delay) = {
+                    let mut s = self.lock();
+                    *s.fetches.entry(domain.to_string()).or_default() += 1;
+                    (s.bodies.get(domain).cloned(), s.delay)
+                };
+                if let Some(wait) = delay {
+                    tokio::time::sleep(wait).await;
+                }
+                let body = match served {
+                    Some(served) => served?,
+                    None => return Err(FetchError::Status(404)),
+                };
+                let parsed = parse_policy(body.as_bytes()).map_err(FetchError::Invalid)?;
+                Ok(FetchedPolicy { body, parsed })
+            })
+        }
+
+        fn url(&self, domain: &str) -> String {
+            format!("https://mta-sts.{domain}/.well-known/mta-sts.txt")
+        }
+
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+
+        fn trust_description(&self) -> &str {
+            "in-memory policies"
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
-use crate::fetch::Fetcher;
-use crate::policy::{discover, normalize_domain, Discovery, Mode};
+use crate::fetch::{Fetcher, PolicyFetch};
+use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts};
 use crate::store::{
     unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
 };
@@ -78,33 +78,43 @@ pub enum NoPolicy {
     Pending,
 }
 
-/// Why the last discovery or fetch failed.
+/// Why the last discovery or fetch failed, told apart by what the caller
+/// must do with it (mox's sentinels): both mean "deliver as without a
+/// policy until the backoff ends", only a fetch failure is reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub reason: String,
-    /// RFC 8460 §4.3.1 result type, when the policy itself could not be
-    /// had (TLS-RPT reports it); None for DNS trouble during discovery.
-    pub result_type: Option<&'static str>,
+pub enum Failure {
+    /// Nobody could tell whether the domain publishes a policy: the TXT
+    /// lookup failed, or another agent's fetch produced none. Not a
+    /// TLS-RPT failure: no policy was ever seen.
+    Discovery(String),
+    /// A policy is published but could not be had; TLS-RPT reports the
+    /// delivery as `result_type` (RFC 8460 §4.3.1).
+    Fetch {
+        reason: String,
+        result_type: &'static str,
+    },
 }
 
-impl From<String> for Failure {
-    fn from(reason: String) -> Failure {
-        Failure {
-            reason,
-            result_type: None,
+impl Failure {
+    /// The reason, as logged.
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Discovery(reason) | Failure::Fetch { reason, .. } => reason,
         }
     }
-}
 
-impl From<&str> for Failure {
-    fn from(reason: &str) -> Failure {
-        Failure::from(reason.to_string())
+    /// The RFC 8460 §4.3.1 result type to report, for a fetch failure.
+    pub fn result_type(&self) -> Option<&'static str> {
+        match self {
+            Failure::Discovery(_) => None,
+            Failure::Fetch { result_type, .. } => Some(result_type),
+        }
     }
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
+        f.write_str(self.reason())
     }
 }
 
@@ -147,7 +157,7 @@ struct Inner {
     /// Overridden domains already logged (once per process, not per lookup).
     overrides_logged: Mutex<std::collections::HashSet<String>>,
     dns: Dns,
-    fetcher: Fetcher,
+    fetcher: Arc<dyn PolicyFetch>,
     store: PolicyStore,
     cfg: CacheConfig,
     state: moka::future::Cache<String, DomainState>,
@@ -193,7 +203,12 @@ impl Drop for InflightGuard {
 }
 
 impl Resolver {
-    pub fn new(dns: Dns, fetcher: Fetcher, store: PolicyStore, cfg: CacheConfig) -> Resolver {
+    pub fn new(
+        dns: Dns,
+        fetcher: impl PolicyFetch,
+        store: PolicyStore,
+        cfg: CacheConfig,
+    ) -> Resolver {
         let mx_capacity = cfg.memory_entries;
         let ttl = cfg
             .recheck_interval
@@ -215,7 +230,7 @@ impl Resolver {
                 overrides: HashMap::new(),
                 overrides_logged: Mutex::new(Default::default()),
                 dns,
-                fetcher,
+                fetcher: Arc::new(fetcher),
                 store,
                 cfg,
                 state,
@@ -267,8 +282,8 @@ impl Resolver {
         &self.inner.dns
     }
 
-    pub fn fetcher(&self) -> &Fetcher {
-        &self.inner.fetcher
+    pub fn fetcher(&self) -> &dyn PolicyFetch {
+        self.inner.fetcher.as_ref()
     }
 
     pub fn store(&self) -> &PolicyStore {
@@ -556,31 +571,25 @@ impl Inner {
         let now = Instant::now();
         let floor = now + self.cfg.mx_min_ttl;
         let ceiling = now + Duration::from_secs(3600);
-        let set = match self.dns.mx_with_expiry(domain).await {
-            Ok((crate::dns::Answer::Records(records), expiry)) => {
-                let null_mx = records.iter().any(|r| r.is_null());
-                let mut hosts: Vec<String> = Vec::new();
-                for r in records.iter().filter(|r| !r.is_null()) {
-                    if !hosts.contains(&r.exchange) {
-                        hosts.push(r.exchange.clone());
-                    }
-                }
-                MxSet {
-                    hosts,
-                    null_mx,
-                    fresh_until: expiry.unwrap_or(floor).clamp(floor, ceiling),
-                }
-            }
-            // RFC 5321 §5.1: no MX records, the domain itself is the host.
-            Ok((crate::dns::Answer::NoRecords { .. }, _)) => MxSet {
-                hosts: vec![domain.to_string()],
-                null_mx: false,
-                fresh_until: floor,
-            },
+        let (answer, expiry) = match self.dns.mx_with_expiry(domain).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(domain, error = %e, "MX lookup failed; answering with the policy's patterns");
                 return None;
             }
+        };
+        let (hosts, null_mx) = match answer.mx_hosts(domain) {
+            MxHosts::Hosts(hosts) => (hosts, false),
+            MxHosts::NullMx { alongside } => (alongside, true),
+            // Answered like a domain without MX records: Postfix meets the
+            // NXDOMAIN itself when it looks the host up.
+            MxHosts::NoDomain => (vec![domain.to_string()], false),
+        };
+        // A negative answer has no expiry: kept for `mx_min_ttl`.
+        let set = MxSet {
+            hosts,
+            null_mx,
+            fresh_until: expiry.unwrap_or(floor).clamp(floor, ceiling),
         };
         let set = Arc::new(set);
         self.mx_sets.insert(domain.to_string(), set.clone()).await;
@@ -739,7 +748,8 @@ impl Inner {
             Err(e) => {
                 m.discovery("failure");
                 let reason = format!("TXT lookup of {txt_name} failed: {}", e.reason);
-                self.failed(domain, cached.as_deref(), failures, reason.into())
+                let failure = Failure::Discovery(reason);
+                self.failed(domain, cached.as_deref(), failures, failure)
                     .await;
                 return;
             }
@@ -802,8 +812,9 @@ impl Inner {
                 // What the peer stored would weaken ours: see for ourselves.
                 Err(true) => {}
                 Err(false) => {
-                    let reason = "another agent's fetch produced no policy".to_string();
-                    self.failed(domain, cached.as_deref(), failures, reason.into())
+                    let failure =
+                        Failure::Discovery("another agent's fetch produced no policy".to_string());
+                    self.failed(domain, cached.as_deref(), failures, failure)
                         .await;
                     return;
                 }
@@ -920,9 +931,9 @@ impl Inner {
             Err(e) => {
                 let reason = format!("policy fetch from {} failed: {e}", self.fetcher.url(domain));
                 tracing::warn!(domain, id = %id, class = e.class(), "{reason}");
-                let failure = Failure {
+                let failure = Failure::Fetch {
                     reason,
-                    result_type: Some(fetch_result_type(&e)),
+                    result_type: fetch_result_type(&e),
                 };
                 self.failed(domain, cached, failures, failure).await;
             }
@@ -961,3 +972,6 @@ impl Inner {
 pub fn is_enforcing(mode: Mode, testing_as_enforce: bool) -> bool {
     mode == Mode::Enforce || (testing_as_enforce && mode == Mode::Testing)
 }
+
+#[cfg(test)]
+mod tests;

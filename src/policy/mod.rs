@@ -14,7 +14,7 @@ pub mod txt;
 
 pub use document::{parse_policy, Mode, ParsedPolicy, Policy, PolicyError, PolicyErrorKind};
 pub use domain::{normalize_domain, DomainError};
-pub use mx::{MxPattern, MxPatternError};
+pub use mx::{MxHosts, MxPattern, MxPatternError};
 pub use txt::{discover, parse_record, Discovery, StsRecord, TxtError};
 
 /// RFC 8461 §3.2: "maximum value of 31557600" (one year).

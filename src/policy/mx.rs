@@ -1,4 +1,5 @@
-//! MX host patterns and matching (RFC 8461 §3.2 `mx:` values, §4.1 matching).
+//! MX host patterns and matching (RFC 8461 §3.2 `mx:` values, §4.1 matching),
+//! and the set of hosts a domain's MX answer names (RFC 5321 §5.1, RFC 7505).
 
 use std::fmt;
 use std::str::FromStr;
@@ -128,6 +129,109 @@ impl<'de> Deserialize<'de> for MxPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         MxPattern::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The hosts mail for a domain goes to, as its MX answer says. The one
+/// reading of an MX answer: the resolver's MX sets, DANE, the relay and the
+/// check all take it from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxHosts {
+    /// NXDOMAIN: the domain does not exist.
+    NoDomain,
+    /// RFC 7505: a null MX (`0 .`), the domain accepts no mail. §3 forbids
+    /// other MX records beside it; any found anyway are in `alongside`
+    /// (deduplicated, in order), for those that report or look past it.
+    NullMx { alongside: Vec<String> },
+    /// The hosts in preference order, each once. A domain that exists
+    /// without MX records is its own host (implicit MX, RFC 5321 §5.1).
+    Hosts(Vec<String>),
+}
+
+impl MxHosts {
+    /// `exchanges`: the exchange names of the MX records in preference
+    /// order, the null MX as an empty name; `nxdomain` when there are none
+    /// because the domain does not exist.
+    pub fn from_lookup<'a>(
+        domain: &str,
+        nxdomain: bool,
+        exchanges: impl IntoIterator<Item = &'a str>,
+    ) -> MxHosts {
+        let mut hosts: Vec<String> = Vec::new();
+        let mut null_mx = false;
+        let mut any = false;
+        for exchange in exchanges {
+            any = true;
+            if exchange.is_empty() {
+                null_mx = true;
+            } else if !hosts.iter().any(|h| h == exchange) {
+                hosts.push(exchange.to_string());
+            }
+        }
+        match (any, nxdomain, null_mx) {
+            (false, true, _) => MxHosts::NoDomain,
+            (false, false, _) => MxHosts::Hosts(vec![domain.to_string()]),
+            (true, _, true) => MxHosts::NullMx { alongside: hosts },
+            (true, _, false) => MxHosts::Hosts(hosts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod mx_hosts_tests {
+    use super::MxHosts;
+
+    fn hosts(v: &[&str]) -> MxHosts {
+        MxHosts::Hosts(v.iter().map(|h| h.to_string()).collect())
+    }
+
+    #[test]
+    fn a_domain_without_mx_records_is_its_own_host() {
+        // RFC 5321 §5.1: implicit MX.
+        assert_eq!(
+            MxHosts::from_lookup("example.test", false, []),
+            hosts(&["example.test"])
+        );
+    }
+
+    #[test]
+    fn nxdomain_is_no_domain_not_an_implicit_mx() {
+        assert_eq!(
+            MxHosts::from_lookup("gone.test", true, []),
+            MxHosts::NoDomain
+        );
+    }
+
+    #[test]
+    fn hosts_keep_preference_order_and_appear_once() {
+        // RFC 5321 §5.1: the same host at two preferences is tried once,
+        // at the first.
+        let got = MxHosts::from_lookup(
+            "example.test",
+            false,
+            ["mx1.example.test", "mx2.example.test", "mx1.example.test"],
+        );
+        assert_eq!(got, hosts(&["mx1.example.test", "mx2.example.test"]));
+    }
+
+    #[test]
+    fn a_null_mx_means_no_mail_even_beside_other_records() {
+        // RFC 7505 §3: "0 ." alone is a null MX; other records beside it
+        // are an error of the zone and do not make it accept mail.
+        assert_eq!(
+            MxHosts::from_lookup("nomail.test", false, [""]),
+            MxHosts::NullMx { alongside: vec![] }
+        );
+        assert_eq!(
+            MxHosts::from_lookup(
+                "broken.test",
+                false,
+                ["mx.broken.test", "", "mx.broken.test"]
+            ),
+            MxHosts::NullMx {
+                alongside: vec!["mx.broken.test".to_string()]
+            }
+        );
     }
 }
 

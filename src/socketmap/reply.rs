@@ -326,7 +326,7 @@ mod tests {
 
     use super::*;
     use crate::policy::{parse_policy, Mode};
-    use crate::resolver::NoPolicy;
+    use crate::resolver::{Failure, NoPolicy};
     use crate::store::StoredPolicy;
 
     fn answer(mode: &str, mx: &[&str]) -> Result<Answer, StoreError> {
@@ -438,7 +438,11 @@ mod tests {
         // A failed fetch without a cached policy: deliver as without MTA-STS
         // (RFC 8461 §5); a policy_failure would make Postfix refuse delivery.
         for why in [
-            NoPolicy::Backoff("policy fetch failed: HTTP 500".into()),
+            NoPolicy::Backoff(Failure::Fetch {
+                reason: "policy fetch failed: HTTP 500".into(),
+                result_type: "sts-policy-fetch-error",
+            }),
+            NoPolicy::Backoff(Failure::Discovery("TXT lookup failed".into())),
             NoPolicy::NoRecord("NXDOMAIN".into()),
             NoPolicy::Pending,
         ] {

@@ -233,9 +233,8 @@ impl Deliverer {
                 Mode::None => TlsMode::Opportunistic("none"),
             },
             Ok(Answer::NoPolicy(why)) => {
-                if let NoPolicy::Backoff(Failure {
-                    result_type: Some(rt),
-                    ..
+                if let NoPolicy::Backoff(Failure::Fetch {
+                    result_type: rt, ..
                 }) = &why
                 {
                     me.tlsrpt.sts_failure(&job.domain, rt);

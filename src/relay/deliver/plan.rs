@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::dane::{host_rule, hosts_to_try, DomainDane, HostRule};
 use crate::dns::{Answer as DnsAnswer, MxRecord, TlsaRecord};
 use crate::policy::mx::matches_any;
+use crate::policy::MxHosts;
 use crate::store::StoredPolicy;
 
 /// How TLS is applied to one MX host of a delivery.
@@ -112,32 +113,24 @@ impl Verdict {
     }
 }
 
-/// The hosts to try from the MX answer: RFC 5321 §5.1 (no MX: the domain
-/// itself), RFC 7505 (null MX: no mail), duplicates dropped, order kept.
+/// The hosts to try from the MX answer, by the one MX-set rule
+/// ([`MxHosts`]: RFC 5321 §5.1 implicit MX, RFC 7505 null MX, duplicates
+/// dropped in order); a domain that cannot take mail is a verdict.
 pub(super) fn mx_hosts(domain: &str, answer: DnsAnswer<MxRecord>) -> Result<Vec<String>, Verdict> {
-    match answer {
-        DnsAnswer::NoRecords { nxdomain: true } => Err(Verdict::new(
+    match answer.mx_hosts(domain) {
+        MxHosts::NoDomain => Err(Verdict::new(
             true,
             format!("domain {domain} does not exist"),
             "5.1.2",
         )),
-        DnsAnswer::NoRecords { nxdomain: false } => Ok(vec![domain.to_string()]),
-        DnsAnswer::Records(records) => {
-            if records.iter().any(|r| r.is_null()) {
-                return Err(Verdict::new(
-                    true,
-                    format!("domain {domain} accepts no mail (null MX, RFC 7505)"),
-                    "5.1.10",
-                ));
-            }
-            let mut hosts: Vec<String> = Vec::new();
-            for r in records {
-                if !hosts.contains(&r.exchange) {
-                    hosts.push(r.exchange);
-                }
-            }
-            Ok(hosts)
-        }
+        // RFC 7505 §3: a null MX means the domain accepts no mail, whatever
+        // else is listed beside it.
+        MxHosts::NullMx { .. } => Err(Verdict::new(
+            true,
+            format!("domain {domain} accepts no mail (null MX, RFC 7505)"),
+            "5.1.10",
+        )),
+        MxHosts::Hosts(hosts) => Ok(hosts),
     }
 }
 

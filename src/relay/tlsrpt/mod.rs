@@ -28,6 +28,8 @@
 //! - Sessions under an administrator's override policy are not counted:
 //!   the domain never published that policy.
 
+#[cfg(test)]
+mod counting_tests;
 pub mod destination;
 pub mod record;
 pub mod report;

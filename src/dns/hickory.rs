@@ -1,10 +1,9 @@
-//! DNS lookups for MTA-STS, with the error classes RFC 8461 cares about:
-//! "there is nothing" (NXDOMAIN or no records) is different from "we could not
-//! find out" (SERVFAIL, timeout), because only the first may end a policy.
+//! The real DNS: hickory's resolver for ordinary lookups, and a raw query
+//! with AD and DO set for the DNSSEC verdict of the validating resolver.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ProtocolConfig, ResolverConfig,
@@ -15,95 +14,23 @@ use hickory_resolver::proto::op::{Edns, Message, MessageType, Query, ResponseCod
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
+use super::{Answer, DnsError, DnsLookup, Lookup, Secured};
 use crate::config::Config;
 
-/// A lookup that could not tell whether the data exists.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{name}: {reason}")]
-pub struct DnsError {
-    pub name: String,
-    pub reason: String,
-}
-
-/// The answer to a lookup that did not fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer<T> {
-    Records(Vec<T>),
-    /// NXDOMAIN, or the name exists without records of this type.
-    NoRecords {
-        nxdomain: bool,
-    },
-}
-
-impl<T> Answer<T> {
-    pub fn records(&self) -> &[T] {
-        match self {
-            Answer::Records(r) => r,
-            Answer::NoRecords { .. } => &[],
-        }
-    }
-}
-
-/// One MX record. `exchange` is in A-label form, lower case, without the
-/// trailing dot; the null MX of RFC 7505 (`0 .`) has an empty exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MxRecord {
-    pub preference: u16,
-    pub exchange: String,
-}
-
-impl MxRecord {
-    /// RFC 7505: "The domain accepts no mail" (exchange is the root, `.`).
-    pub fn is_null(&self) -> bool {
-        self.exchange.is_empty()
-    }
-}
-
-/// One CAA record (RFC 8659), value as text (lossy for non-UTF-8 bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CaaRecord {
-    pub critical: bool,
-    pub tag: String,
-    pub value: String,
-}
-
-/// One TLSA record (RFC 6698): usage, selector, matching type, data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsaRecord {
-    pub usage: u8,
-    pub selector: u8,
-    pub matching: u8,
-    pub data: Vec<u8>,
-}
-
-impl std::fmt::Display for TlsaRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {} ", self.usage, self.selector, self.matching)?;
-        for b in &self.data {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
+/// The configured name servers (or those of /etc/resolv.conf), through
+/// hickory.
 #[derive(Clone)]
-pub struct Dns {
+pub struct HickoryDns {
     resolver: TokioResolver,
     description: Arc<str>,
     /// The configured name servers (empty: those of /etc/resolv.conf), for
-    /// the raw query of [`Dns::authenticated`].
+    /// the raw query of [`HickoryDns::secure`].
     servers: Arc<[SocketAddr]>,
     timeout: Duration,
 }
 
-impl std::fmt::Debug for Dns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.description)
-    }
-}
-
-impl Dns {
-    pub fn from_config(config: &Config) -> Result<Dns, String> {
+impl HickoryDns {
+    pub fn from_config(config: &Config) -> Result<HickoryDns, String> {
         let servers = config.nameservers().map_err(|e| e.to_string())?;
         let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio()
@@ -145,17 +72,12 @@ impl Dns {
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
-        Ok(Dns {
+        Ok(HickoryDns {
             resolver,
             description: description.into(),
             servers: servers.into(),
             timeout: config.dns.timeout,
         })
-    }
-
-    /// What this resolver talks to, for the start-up log line.
-    pub fn describe(&self) -> &str {
-        &self.description
     }
 
     fn fqdn(name: &str) -> Result<Name, DnsError> {
@@ -183,35 +105,14 @@ impl Dns {
         }
     }
 
-    /// TXT records at `name`, each as its character-strings joined (RFC 7208
-    /// §3.3 style, as RFC 8461 §3.1 requires). CNAMEs are followed by the
-    /// resolver.
-    pub async fn txt(&self, name: &str) -> Result<Answer<Vec<u8>>, DnsError> {
-        let answer = self.rdata(name, RecordType::TXT).await?;
-        Ok(Self::map(answer, |d| match d {
-            RData::TXT(txt) => Some(
-                txt.txt_data
-                    .iter()
-                    .flat_map(|s| s.iter().copied())
-                    .collect(),
-            ),
-            _ => None,
-        }))
-    }
-
     /// Records of one type at `name`, CNAMEs followed by the resolver and
-    /// left out of the answer.
-    async fn rdata(&self, name: &str, rtype: RecordType) -> Result<Answer<RData>, DnsError> {
-        Ok(self.rdata_with_expiry(name, rtype).await?.0)
-    }
-
-    /// Like `rdata`, plus when the answer's TTL runs out (None for a
-    /// negative answer).
-    async fn rdata_with_expiry(
+    /// left out of the answer, and when the answer's TTL runs out (None for
+    /// a negative answer).
+    async fn lookup_records(
         &self,
         name: &str,
         rtype: RecordType,
-    ) -> Result<(Answer<RData>, Option<std::time::Instant>), DnsError> {
+    ) -> Result<(Answer<RData>, Option<Instant>), DnsError> {
         let fqdn = Self::fqdn(name)?;
         match self.resolver.lookup(fqdn, rtype).await {
             Ok(lookup) => {
@@ -231,113 +132,7 @@ impl Dns {
         }
     }
 
-    /// MX records in preference order (stable for equal ones), exchange
-    /// names in lower-case A-label form without the trailing dot.
-    pub fn mx_records(answer: Answer<RData>) -> Answer<MxRecord> {
-        let mut answer = Self::map(answer, |d| match d {
-            RData::MX(mx) => Some(MxRecord {
-                preference: mx.preference,
-                exchange: mx
-                    .exchange
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase(),
-            }),
-            _ => None,
-        });
-        if let Answer::Records(r) = &mut answer {
-            r.sort_by_key(|m| m.preference);
-        }
-        answer
-    }
-
-    pub fn tlsa_records(answer: Answer<RData>) -> Answer<TlsaRecord> {
-        Self::map(answer, |d| match d {
-            RData::TLSA(t) => Some(TlsaRecord {
-                usage: t.cert_usage.into(),
-                selector: t.selector.into(),
-                matching: t.matching.into(),
-                data: t.cert_data.clone(),
-            }),
-            _ => None,
-        })
-    }
-
-    fn map<T>(answer: Answer<RData>, f: impl Fn(RData) -> Option<T>) -> Answer<T> {
-        match answer {
-            Answer::Records(r) => {
-                let out: Vec<T> = r.into_iter().filter_map(f).collect();
-                if out.is_empty() {
-                    Answer::NoRecords { nxdomain: false }
-                } else {
-                    Answer::Records(out)
-                }
-            }
-            Answer::NoRecords { nxdomain } => Answer::NoRecords { nxdomain },
-        }
-    }
-
-    /// MX records of `domain`, sorted by preference (stable for equal ones).
-    pub async fn mx(&self, domain: &str) -> Result<Answer<MxRecord>, DnsError> {
-        Ok(self.mx_with_expiry(domain).await?.0)
-    }
-
-    /// MX records sorted by preference, and when their TTL runs out.
-    pub async fn mx_with_expiry(
-        &self,
-        domain: &str,
-    ) -> Result<(Answer<MxRecord>, Option<std::time::Instant>), DnsError> {
-        let (answer, expiry) = self.rdata_with_expiry(domain, RecordType::MX).await?;
-        Ok((Self::mx_records(answer), expiry))
-    }
-
-    /// A records of `host`.
-    pub async fn a(&self, host: &str) -> Result<Answer<Ipv4Addr>, DnsError> {
-        let answer = self.rdata(host, RecordType::A).await?;
-        Ok(Self::map(answer, |d| match d {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        }))
-    }
-
-    /// AAAA records of `host`.
-    pub async fn aaaa(&self, host: &str) -> Result<Answer<Ipv6Addr>, DnsError> {
-        let answer = self.rdata(host, RecordType::AAAA).await?;
-        Ok(Self::map(answer, |d| match d {
-            RData::AAAA(a) => Some(a.0),
-            _ => None,
-        }))
-    }
-
-    /// CAA records at exactly `name` (no climbing; see RFC 8659 §3 for the
-    /// tree walk, which the caller does).
-    pub async fn caa(&self, name: &str) -> Result<Answer<CaaRecord>, DnsError> {
-        let answer = self.rdata(name, RecordType::CAA).await?;
-        Ok(Self::map(answer, |d| match d {
-            RData::CAA(caa) => Some(CaaRecord {
-                critical: caa.issuer_critical,
-                tag: caa.tag.clone(),
-                value: String::from_utf8_lossy(&caa.value).into_owned(),
-            }),
-            _ => None,
-        }))
-    }
-
-    /// TLSA records at `name` (e.g. `_25._tcp.mx.example.com`).
-    pub async fn tlsa(&self, name: &str) -> Result<Answer<TlsaRecord>, DnsError> {
-        Ok(Self::tlsa_records(
-            self.rdata(name, RecordType::TLSA).await?,
-        ))
-    }
-
-    /// Whether the first configured name server says the answer for
-    /// `(name, rtype)` is DNSSEC-authenticated (the AD bit). Used by the
-    /// diagnosis; see [`secure_lookup`](Self::secure_lookup).
-    pub async fn authenticated(&self, name: &str, rtype: RecordType) -> Result<bool, DnsError> {
-        Ok(self.secure_lookup(name, rtype).await?.authenticated)
-    }
-
-    /// The name servers asked by [`secure_lookup`](Self::secure_lookup):
+    /// The name servers asked by [`secure`](Self::secure):
     /// the configured ones, else those of /etc/resolv.conf (read once).
     fn secure_servers(&self) -> Result<Vec<SocketAddr>, String> {
         if !self.servers.is_empty() {
@@ -370,7 +165,7 @@ impl Dns {
     /// answer comes back from such a resolver as SERVFAIL, an error here.
     /// UDP first, TCP when the answer is truncated; the configured servers
     /// in order; each exchange bounded by the DNS timeout.
-    pub async fn secure_lookup(&self, name: &str, rtype: RecordType) -> Result<Secured, DnsError> {
+    async fn secure(&self, name: &str, rtype: RecordType) -> Result<Secured, DnsError> {
         let err = |reason: String| DnsError {
             name: name.to_string(),
             reason,
@@ -442,26 +237,8 @@ impl Dns {
         Err(last)
     }
 
-    /// TLSA records with the validating resolver's verdict.
-    pub async fn tlsa_secure(
-        &self,
-        name: &str,
-    ) -> Result<(Answer<TlsaRecord>, bool, Option<u32>), DnsError> {
-        let s = self.secure_lookup(name, RecordType::TLSA).await?;
-        Ok((Self::tlsa_records(s.answer), s.authenticated, s.ttl))
-    }
-
-    /// MX records (preference order) with the validating resolver's verdict.
-    pub async fn mx_secure(
-        &self,
-        domain: &str,
-    ) -> Result<(Answer<MxRecord>, bool, Option<u32>), DnsError> {
-        let s = self.secure_lookup(domain, RecordType::MX).await?;
-        Ok((Self::mx_records(s.answer), s.authenticated, s.ttl))
-    }
-
     /// A and AAAA addresses of a host.
-    pub async fn ips(&self, host: &str) -> Result<Answer<IpAddr>, DnsError> {
+    async fn addresses(&self, host: &str) -> Result<Answer<IpAddr>, DnsError> {
         let fqdn = Self::fqdn(host)?;
         match self.resolver.lookup_ip(fqdn).await {
             Ok(lookup) => {
@@ -477,14 +254,26 @@ impl Dns {
     }
 }
 
-/// An answer with the validating resolver's DNSSEC verdict.
-#[derive(Debug, Clone)]
-pub struct Secured {
-    pub answer: Answer<RData>,
-    /// The AD bit: the resolver validated the answer (or the denial).
-    pub authenticated: bool,
-    /// Smallest TTL of the records, when there are records.
-    pub ttl: Option<u32>,
+impl DnsLookup for HickoryDns {
+    fn describe(&self) -> &str {
+        &self.description
+    }
+
+    fn records<'a>(
+        &'a self,
+        name: &'a str,
+        rtype: RecordType,
+    ) -> Lookup<'a, (Answer<RData>, Option<Instant>)> {
+        Box::pin(self.lookup_records(name, rtype))
+    }
+
+    fn secure_lookup<'a>(&'a self, name: &'a str, rtype: RecordType) -> Lookup<'a, Secured> {
+        Box::pin(self.secure(name, rtype))
+    }
+
+    fn ips<'a>(&'a self, host: &'a str) -> Lookup<'a, Answer<IpAddr>> {
+        Box::pin(self.addresses(host))
+    }
 }
 
 async fn udp_exchange(bytes: &[u8], id: u16, server: SocketAddr) -> Result<Message, String> {
@@ -537,25 +326,4 @@ async fn tcp_exchange(bytes: &[u8], id: u16, server: SocketAddr) -> Result<Messa
         return Err("answer for another query".to_string());
     }
     Ok(reply)
-}
-
-/// Lets reqwest resolve policy hosts through the same configured name servers
-/// as discovery, so tests and split-horizon set-ups see one DNS.
-impl reqwest::dns::Resolve for Dns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let dns = self.clone();
-        Box::pin(async move {
-            match dns.ips(name.as_str()).await {
-                Ok(Answer::Records(ips)) => {
-                    let addrs: reqwest::dns::Addrs =
-                        Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-                    Ok(addrs)
-                }
-                Ok(Answer::NoRecords { .. }) => {
-                    Err(format!("{}: no A or AAAA records", name.as_str()).into())
-                }
-                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
-            }
-        })
-    }
 }
