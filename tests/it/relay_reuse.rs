@@ -273,3 +273,70 @@ async fn tls_sessions_are_resumed_and_a_resumed_session_is_still_judged() {
         "sent over an untrusted resumed session"
     );
 }
+
+#[tokio::test]
+async fn a_session_older_than_the_reuse_time_takes_no_new_message() {
+    // Cached long enough to be found, but too old to be trusted with
+    // another message: like Postfix's smtp_connection_reuse_time_limit.
+    let rig = Rig::start(
+        vec![("mx1.aged.test", 86, SmtpOptions::new("mx1.aged.test"))],
+        "connection_cache_time = \"30s\"\nconnection_reuse_time = \"2s\"\n",
+    )
+    .await;
+    rig.world.dns.set_mx("aged.test", &[(10, "mx1.aged.test")]);
+    publish_enforce(&rig.world, "aged.test", &["mx1.aged.test"]);
+    send_and_wait(&rig, "a1", "bob@aged.test").await;
+    send_and_wait(&rig, "a2", "bob@aged.test").await;
+    let mx = &rig.mx[0];
+    assert_eq!(
+        mx.connections(),
+        1,
+        "reused while young: {:?}",
+        mx.commands()
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send_and_wait(&rig, "a3", "bob@aged.test").await;
+    assert_eq!(mx.message_count(), 3);
+    assert_eq!(
+        mx.connections(),
+        2,
+        "an aged session was reused: {:?}",
+        mx.commands()
+    );
+    // The aged session is closed politely, not just dropped.
+    assert!(
+        eventually(Duration::from_secs(10), || async { count(mx, "QUIT") >= 1 }).await,
+        "the aged session was not closed: {:?}",
+        mx.commands()
+    );
+}
+
+#[tokio::test]
+async fn no_more_sessions_sit_idle_than_there_are_delivery_slots() {
+    // One delivery slot, so one idle session at most: the second domain's
+    // session is closed at once instead of being cached, and the first
+    // domain's stays for its next message.
+    let rig = Rig::start(
+        vec![("mx.capped.test", 87, SmtpOptions::new("mx.capped.test"))],
+        "connection_cache_time = \"30s\"\nmax_deliveries = 1\n",
+    )
+    .await;
+    for d in ["first.test", "second.test"] {
+        rig.world.dns.set_mx(d, &[(10, "mx.capped.test")]);
+        publish_enforce(&rig.world, d, &["mx.capped.test"]);
+    }
+    let mx = &rig.mx[0];
+    send_and_wait(&rig, "c1", "bob@first.test").await;
+    send_and_wait(&rig, "c2", "bob@second.test").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { count(mx, "QUIT") == 1 }).await,
+        "the session over the cap was not closed: {:?}",
+        mx.commands()
+    );
+    send_and_wait(&rig, "c3", "carol@first.test").await;
+    send_and_wait(&rig, "c4", "carol@second.test").await;
+    assert_eq!(mx.message_count(), 4);
+    // first.test: one session for c1 and c3; second.test: one each for c2
+    // and c4, since c2's was not kept.
+    assert_eq!(mx.connections(), 3, "{:?}", mx.commands());
+}
