@@ -158,14 +158,22 @@ pub enum TlsProbeError {
     BadName(String),
 }
 
-/// Accepts any certificate but records what the real verifier said.
+/// Accepts any certificate in the handshake and leaves the verdict to
+/// [`TlsProber::handshake`], which judges the chain afterwards; the
+/// handshake signatures, the proof that the peer holds the certificate's
+/// key, are checked as ever. Two uses:
+/// - `outcome: Some`: the verdict of the real verifier is recorded here as
+///   the handshake goes (the diagnosis, a configuration per handshake);
+/// - `outcome: None`: nothing is recorded; the caller verifies the chain
+///   from `peer_certificates()`, which rustls also hands back for a
+///   resumed session (see [`TlsProber::with_session_resumption`]).
 #[derive(Debug)]
-struct Recording {
+struct AfterHandshake {
     inner: Arc<WebPkiServerVerifier>,
-    outcome: Mutex<Option<Result<(), CertProblem>>>,
+    outcome: Option<Mutex<Option<Result<(), CertProblem>>>>,
 }
 
-impl ServerCertVerifier for Recording {
+impl ServerCertVerifier for AfterHandshake {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -174,56 +182,14 @@ impl ServerCertVerifier for Recording {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            .map(|_| ())
-            .map_err(|e| classify_cert_error(&e));
-        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Accepts any certificate and leaves the verdict to the caller, which
-/// checks the chain after the handshake (see
-/// [`TlsProber::with_session_resumption`]); the handshake signatures, the
-/// proof that the peer holds the certificate's key, are checked as ever.
-#[derive(Debug)]
-struct Deferred {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for Deferred {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(slot) = &self.outcome {
+            let verdict = self
+                .inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map(|_| ())
+                .map_err(|e| classify_cert_error(&e));
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -328,8 +294,9 @@ impl TlsProber {
             WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
                 .build()
                 .map_err(|e| format!("no usable trust anchors: {e}"))?;
-        let deferred = Arc::new(Deferred {
+        let deferred = Arc::new(AfterHandshake {
             inner: webpki.clone(),
+            outcome: None,
         });
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
@@ -382,9 +349,9 @@ impl TlsProber {
                 )
                 .build()
                 .map_err(|e| TlsProbeError::Handshake(format!("no usable trust anchors: {e}")))?;
-                let recording = Arc::new(Recording {
+                let recording = Arc::new(AfterHandshake {
                     inner: inner.clone(),
-                    outcome: Mutex::new(None),
+                    outcome: Some(Mutex::new(None)),
                 });
                 let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
                     .with_safe_default_protocol_versions()
@@ -423,8 +390,11 @@ impl TlsProber {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .and_then(|der| leaf_info(der, unix_now()));
-        let recorded =
-            recording.and_then(|r| r.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let recorded = recording.and_then(|r| {
+            r.outcome
+                .as_ref()
+                .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        });
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let cert = match (recorded, conn.peer_certificates()) {
             (Some(verdict), _) => verdict,
