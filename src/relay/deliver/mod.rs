@@ -153,6 +153,18 @@ struct Inner {
 }
 
 fn for_all(job: &Job, permanent: bool, reason: String, code: &str) -> Vec<(usize, RcptResult)> {
+    for_all_with_reply(job, permanent, reason, code, None)
+}
+
+/// Every recipient of `job` failed alike, with the remote reply that
+/// decided it when there is one.
+fn for_all_with_reply(
+    job: &Job,
+    permanent: bool,
+    reason: String,
+    code: &str,
+    reply: Option<String>,
+) -> Vec<(usize, RcptResult)> {
     job.rcpts
         .iter()
         .map(|(i, _)| {
@@ -161,7 +173,7 @@ fn for_all(job: &Job, permanent: bool, reason: String, code: &str) -> Vec<(usize
                 RcptResult::Failed {
                     permanent,
                     mx: None,
-                    reply: None,
+                    reply: reply.clone(),
                     reason: reason.clone(),
                     code: code.to_string(),
                 },
@@ -409,21 +421,8 @@ impl Deliverer {
             ),
             _ => format!("all MX hosts failed: {}", failures.join("; ")),
         };
-        job.rcpts
-            .iter()
-            .map(|(i, _)| {
-                (
-                    *i,
-                    RcptResult::Failed {
-                        permanent: false,
-                        mx: None,
-                        reply: last.reply.clone(),
-                        reason: reason.clone(),
-                        code: last.code.replacen('5', "4", 1),
-                    },
-                )
-            })
-            .collect()
+        let code = last.code.replacen('5', "4", 1);
+        for_all_with_reply(job, false, reason, &code, last.reply.clone())
     }
 
     /// IPv4 then IPv6 addresses of an MX host, at most
