@@ -6,6 +6,7 @@
 //! for refresh is decided by the resolver alone.
 
 pub mod embedded;
+pub mod events;
 pub mod recovery;
 pub mod redis;
 mod redis_client;
@@ -208,18 +209,18 @@ impl PolicyStore {
                         disputed: Some(w),
                     });
                 }
-                crate::metrics::metrics().cache_hit("redis");
+                events::events().cache_hit(events::Tier::Redis);
                 Ok(local_only(Some(self.put_local(shared).await?)))
             }
         }
     }
 
     async fn get_local(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
-        let m = crate::metrics::metrics();
+        let m = events::events();
         // A remembered absence counts as no hit: the caller goes on to discovery.
         if let Some(hit) = self.memory.get(domain).await {
             if hit.is_some() {
-                m.cache_hit("memory");
+                m.cache_hit(events::Tier::Memory);
             }
             return Ok(hit);
         }
@@ -234,10 +235,10 @@ impl PolicyStore {
                     .await
                     .map(|p| p.map(Arc::new));
                 match &found {
-                    Ok(Some(_)) => m.cache_hit("disk"),
+                    Ok(Some(_)) => m.cache_hit(events::Tier::Disk),
                     Ok(None) => {}
                     Err(_) => {
-                        m.store_errors.inc();
+                        m.store_error();
                     }
                 }
                 found
@@ -269,7 +270,7 @@ impl PolicyStore {
             match blocking(move || d.put(&p)).await {
                 Ok(()) => self.saved(&policy.domain),
                 Err(e) => {
-                    crate::metrics::metrics().store_errors.inc();
+                    events::events().store_error();
                     tracing::warn!(domain = %policy.domain, error = %e, "policy kept in memory only until the store can be written");
                     self.unsaved_insert(&policy.domain);
                 }
