@@ -31,10 +31,13 @@
 #[cfg(test)]
 mod counting_tests;
 pub mod destination;
+pub mod inject;
 pub mod record;
 pub mod report;
 pub mod send;
 pub mod state;
+
+pub use inject::{Queued, ReportInjector};
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -50,7 +53,6 @@ use crate::config::{Config, TlsRptConfig};
 use crate::dns::{Answer as DnsAnswer, Dns};
 use crate::policy::tlsrpt::{discover_tlsrpt, parse_rua_uri, RuaUri, TlsRptDiscovery};
 use crate::relay::dkim::DkimSigner;
-use crate::relay::Queue;
 use crate::store::{unix_now, PolicySource, StoredPolicy};
 
 use record::{Book, CountsDir, DomainDay, Session};
@@ -400,7 +402,7 @@ impl Tlsrpt {
     /// The daily job for `today` (days since 1970-01-01, UTC): reports every
     /// earlier day not yet reported, and retries reports whose URIs failed.
     /// Running it twice sends nothing twice.
-    pub async fn run_reports(&self, today: u64, queue: &Queue) -> RunSummary {
+    pub async fn run_reports(&self, today: u64, queue: &dyn ReportInjector) -> RunSummary {
         let mut summary = RunSummary::default();
         let mut reports = self.inner.reports.lock().await;
         let retry_days = self.inner.cfg.retry_days;
@@ -559,7 +561,7 @@ impl Tlsrpt {
         r: &ReportState,
         uri: &str,
         gz: &[u8],
-        queue: &Queue,
+        queue: &dyn ReportInjector,
     ) -> Result<Sent, ()> {
         match parse_rua_uri(uri) {
             Err(e) => {
@@ -616,7 +618,11 @@ impl Tlsrpt {
     /// Flushes every `flush_interval` and runs the daily job once per UTC
     /// day, `send_delay` after midnight (and at start-up once that time has
     /// passed); flushes once more at `shutdown`.
-    pub async fn run(self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        queue: impl ReportInjector + 'static,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         if !self.enabled() {
             return;
         }
