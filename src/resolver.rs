@@ -30,7 +30,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
 use crate::fetch::{Fetcher, PolicyFetch};
-use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts};
+use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts, ResultType};
 use crate::store::{
     unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
 };
@@ -94,7 +94,7 @@ pub enum Failure {
     /// delivery as `result_type` (RFC 8460 §4.3.1).
     Fetch {
         reason: String,
-        result_type: &'static str,
+        result_type: ResultType,
     },
 }
 
@@ -107,10 +107,10 @@ impl Failure {
     }
 
     /// The RFC 8460 §4.3.1 result type to report, for a fetch failure.
-    pub fn result_type(&self) -> Option<&'static str> {
+    pub fn result_type(&self) -> Option<ResultType> {
         match self {
             Failure::Discovery(_) => None,
-            Failure::Fetch { result_type, .. } => Some(result_type),
+            Failure::Fetch { result_type, .. } => Some(*result_type),
         }
     }
 }
@@ -122,11 +122,11 @@ impl std::fmt::Display for Failure {
 }
 
 /// RFC 8460 §4.3.1: what a failed policy fetch is reported as.
-pub fn fetch_result_type(e: &crate::fetch::FetchError) -> &'static str {
+pub fn fetch_result_type(e: &crate::fetch::FetchError) -> ResultType {
     match e {
-        crate::fetch::FetchError::Tls(_) => "sts-webpki-invalid",
-        crate::fetch::FetchError::Invalid(_) => "sts-policy-invalid",
-        _ => "sts-policy-fetch-error",
+        crate::fetch::FetchError::Tls(_) => ResultType::StsWebpkiInvalid,
+        crate::fetch::FetchError::Invalid(_) => ResultType::StsPolicyInvalid,
+        _ => ResultType::StsPolicyFetchError,
     }
 }
 

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::policy::Mode;
+use crate::policy::{Mode, ResultType};
 
 mod histogram;
 mod hooks;
@@ -217,12 +217,14 @@ impl Metrics {
                 });
             }
         }
+        // mx-mismatch is the metrics' own name for a not-listed MX host,
+        // which TLS-RPT reports as validation-failure.
         for (mode, result_type) in [
-            ("enforce", "starttls-not-supported"),
-            ("enforce", "validation-failure"),
+            ("enforce", ResultType::StarttlsNotSupported.as_str()),
+            ("enforce", ResultType::ValidationFailure.as_str()),
             ("enforce", "mx-mismatch"),
-            ("testing", "starttls-not-supported"),
-            ("dane", "tlsa-invalid"),
+            ("testing", ResultType::StarttlsNotSupported.as_str()),
+            ("dane", ResultType::TlsaInvalid.as_str()),
         ] {
             let _ = relay_policy_failures.get_or_create(&PolicyFailureLabels {
                 mode: mode.to_string(),

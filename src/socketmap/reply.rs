@@ -229,7 +229,10 @@ pub fn tlsrpt_attributes(p: &StoredPolicy, room: usize) -> Option<String> {
     }
     // Postfix checks policy_domain with valid_hostname(); ours is stricter.
     let domain = normalize_domain(&p.domain).ok()?;
-    let mut out = format!(" policy_type=sts policy_domain={domain}");
+    let mut out = format!(
+        " policy_type={} policy_domain={domain}",
+        crate::policy::PolicyType::Sts
+    );
     // Deduplicated like match= (stored policies bypass the parser).
     let mut seen = std::collections::HashSet::with_capacity(p.policy.mx.len());
     for pattern in &p.policy.mx {
@@ -440,7 +443,7 @@ mod tests {
         for why in [
             NoPolicy::Backoff(Failure::Fetch {
                 reason: "policy fetch failed: HTTP 500".into(),
-                result_type: "sts-policy-fetch-error",
+                result_type: crate::policy::ResultType::StsPolicyFetchError,
             }),
             NoPolicy::Backoff(Failure::Discovery("TXT lookup failed".into())),
             NoPolicy::NoRecord("NXDOMAIN".into()),

@@ -51,7 +51,9 @@ use tokio::sync::watch;
 
 use crate::config::{Config, TlsRptConfig};
 use crate::dns::{Answer as DnsAnswer, Dns};
-use crate::policy::tlsrpt::{discover_tlsrpt, parse_rua_uri, RuaUri, TlsRptDiscovery};
+use crate::policy::tlsrpt::{
+    discover_tlsrpt, parse_rua_uri, PolicyType, ResultType, RuaUri, TlsRptDiscovery,
+};
 use crate::relay::dkim::DkimSigner;
 use crate::store::{unix_now, PolicySource, StoredPolicy};
 
@@ -195,7 +197,7 @@ impl Tlsrpt {
         mx: &str,
         receiving_ip: Option<IpAddr>,
         sending_ip: Option<IpAddr>,
-        result_type: Option<&str>,
+        result_type: Option<ResultType>,
     ) {
         let Some(p) = policy else {
             return;
@@ -213,7 +215,7 @@ impl Tlsrpt {
         self.record(
             unix_now() / 86_400,
             &Session {
-                policy_type: record::POLICY_STS,
+                policy_type: PolicyType::Sts,
                 policy_domain: &p.domain,
                 policy_string: &lines,
                 mx_host: &mx_host,
@@ -229,11 +231,11 @@ impl Tlsrpt {
     /// policy because the policy could not be had (`sts-policy-fetch-error`,
     /// `sts-policy-invalid`, `sts-webpki-invalid`, RFC 8460 §4.3.1): no
     /// policy text, no MX host.
-    pub fn sts_failure(&self, domain: &str, result_type: &str) {
+    pub fn sts_failure(&self, domain: &str, result_type: ResultType) {
         self.record(
             unix_now() / 86_400,
             &Session {
-                policy_type: record::POLICY_STS,
+                policy_type: PolicyType::Sts,
                 policy_domain: domain,
                 policy_string: &[],
                 mx_host: &[],
@@ -257,13 +259,13 @@ impl Tlsrpt {
         records: &[crate::dns::TlsaRecord],
         receiving_ip: Option<IpAddr>,
         sending_ip: Option<IpAddr>,
-        result_type: Option<&str>,
+        result_type: Option<ResultType>,
     ) {
         let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
         self.record(
             unix_now() / 86_400,
             &Session {
-                policy_type: record::POLICY_TLSA,
+                policy_type: PolicyType::Tlsa,
                 policy_domain: domain,
                 policy_string: &lines,
                 mx_host: &[],
