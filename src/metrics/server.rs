@@ -183,7 +183,9 @@ mod tests {
 
     #[test]
     fn health_never_shows_the_store_error() {
-        let e = crate::store::StoreError("cannot read /var/lib/secret/policies.redb: I/O".into());
+        let e = crate::store::StoreError::Unavailable(
+            "cannot read /var/lib/secret/policies.redb: I/O".into(),
+        );
         let (status, body) = health(Err(e));
         assert!(status.starts_with("503"));
         assert!(!body.contains('/') && !body.contains("redb"), "{body}");

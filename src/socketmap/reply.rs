@@ -451,7 +451,7 @@ mod tests {
         ] {
             assert_eq!(render(&Ok(Answer::NoPolicy(why)), &m), "NOTFOUND ");
         }
-        let e: Result<Answer, StoreError> = Err(StoreError("disk".into()));
+        let e: Result<Answer, StoreError> = Err(StoreError::Unavailable("disk".into()));
         assert_eq!(render(&e, &m), "TEMP policy store: disk");
         // testing_as_enforce: enforced, so reported, with the policy's own mode.
         let strict = MapConfig {
@@ -646,7 +646,7 @@ mod tests {
 
     #[test]
     fn store_failure_is_temp_on_one_line() {
-        let e: Result<Answer, StoreError> = Err(StoreError("disk\nbroken".into()));
+        let e: Result<Answer, StoreError> = Err(StoreError::Unavailable("disk\nbroken".into()));
         assert_eq!(
             render(&e, &map(false, true)),
             "TEMP policy store: disk broken"

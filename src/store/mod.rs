@@ -6,6 +6,7 @@
 //! for refresh is decided by the resolver alone.
 
 pub mod embedded;
+mod error;
 pub mod events;
 pub mod recovery;
 pub mod redis;
@@ -22,6 +23,7 @@ use crate::policy::Policy;
 
 pub use self::redis::{RedisTier, Shared};
 pub use embedded::Embedded;
+pub use error::StoreError;
 pub use trust::Weakening;
 
 /// Seconds since the Unix epoch. Stored times are wall-clock times because
@@ -72,10 +74,6 @@ impl StoredPolicy {
         now < self.expires_at()
     }
 }
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("policy store: {0}")]
-pub struct StoreError(pub String);
 
 /// Two tiers: memory over an optional persistent backend. The memory tier
 /// also remembers "not on disk" so that repeated lookups of domains without
@@ -440,7 +438,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
 }
 
 #[cfg(test)]
