@@ -123,7 +123,7 @@ impl Entry {
 
 /// Background DANE lookups (see [`Dane::known`]) running at once when the
 /// configuration does not say (`cache.max_dane_lookups`).
-pub const DEFAULT_BACKGROUND_LOOKUPS: usize = 64;
+pub const DEFAULT_BACKGROUND_LOOKUPS: usize = crate::config::DEFAULT_MAX_DANE_LOOKUPS;
 
 /// MX hosts of one authenticated MX RRset whose TLSA records are looked up.
 /// A zone may sign thousands; past this the rest are treated as hosts whose
