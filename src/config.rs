@@ -449,6 +449,11 @@ pub struct CacheConfig {
     pub max_dane_lookups: usize,
 }
 
+/// `cache.max_dane_lookups` when the configuration does not say. Defined
+/// here, where every layer can read it, rather than in `dane`, which the
+/// configuration must not import.
+pub const DEFAULT_MAX_DANE_LOOKUPS: usize = 64;
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -463,7 +468,7 @@ impl Default for CacheConfig {
             failure_backoff_max: Duration::from_secs(3600),
             mx_min_ttl: Duration::from_secs(30),
             max_discoveries: 64,
-            max_dane_lookups: crate::dane::DEFAULT_BACKGROUND_LOOKUPS,
+            max_dane_lookups: DEFAULT_MAX_DANE_LOOKUPS,
         }
     }
 }

@@ -51,6 +51,9 @@ pub fn init_logging(format: LogFormat) {
 /// Opens the store the config asks for. With `fallback_to_memory`, a store
 /// held by a running daemon is replaced by a memory-only one (for `query`).
 pub fn open_store(config: &Config, fallback_to_memory: bool) -> Result<PolicyStore, String> {
+    // The store and the resolver built over it count into the process's
+    // metrics; they cannot reach the registry themselves.
+    crate::metrics::report_lower_layers();
     let local = if !config.cache.persistent {
         tracing::warn!("cache.persistent = false: policies are forgotten on restart, which reopens the downgrade window RFC 8461 caching exists to close");
         PolicyStore::memory_only(config.cache.memory_entries)

@@ -26,6 +26,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::dns::{Answer, Dns, MxRecord, TlsaRecord};
 use crate::policy::MxHosts;
 
+pub mod events;
 #[cfg(test)]
 mod lookup_tests;
 pub mod precedence;
@@ -122,7 +123,7 @@ impl Entry {
 
 /// Background DANE lookups (see [`Dane::known`]) running at once when the
 /// configuration does not say (`cache.max_dane_lookups`).
-pub const DEFAULT_BACKGROUND_LOOKUPS: usize = 64;
+pub const DEFAULT_BACKGROUND_LOOKUPS: usize = crate::config::DEFAULT_MAX_DANE_LOOKUPS;
 
 /// MX hosts of one authenticated MX RRset whose TLSA records are looked up.
 /// A zone may sign thousands; past this the rest are treated as hosts whose
@@ -264,7 +265,7 @@ impl Dane {
     /// fill the cache through the same init a waiting lookup would join.
     fn in_background(&self, domain: &str, stale: bool) {
         let Ok(permit) = self.background.clone().try_acquire_owned() else {
-            crate::metrics::metrics().dane_background_skipped.inc();
+            events::events().background_skipped();
             return;
         };
         let claimed = self

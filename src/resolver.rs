@@ -19,6 +19,8 @@
 //!    arrive; lookups wait for it up to `first_lookup_deadline` and then answer
 //!    with what is known. The fetch finishes in the background either way.
 
+pub mod events;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,10 +30,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
 use crate::fetch::{Fetcher, PolicyFetch};
-use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts};
+use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts, ResultType};
 use crate::store::{
     unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
 };
+use events::DiscoveryResult;
 
 /// A domain's MX hosts as DNS answers them now (RFC 5321 §5.1: preference
 /// order, the domain itself when it has no MX records).
@@ -91,7 +94,7 @@ pub enum Failure {
     /// delivery as `result_type` (RFC 8460 §4.3.1).
     Fetch {
         reason: String,
-        result_type: &'static str,
+        result_type: ResultType,
     },
 }
 
@@ -104,10 +107,10 @@ impl Failure {
     }
 
     /// The RFC 8460 §4.3.1 result type to report, for a fetch failure.
-    pub fn result_type(&self) -> Option<&'static str> {
+    pub fn result_type(&self) -> Option<ResultType> {
         match self {
             Failure::Discovery(_) => None,
-            Failure::Fetch { result_type, .. } => Some(result_type),
+            Failure::Fetch { result_type, .. } => Some(*result_type),
         }
     }
 }
@@ -119,11 +122,11 @@ impl std::fmt::Display for Failure {
 }
 
 /// RFC 8460 §4.3.1: what a failed policy fetch is reported as.
-pub fn fetch_result_type(e: &crate::fetch::FetchError) -> &'static str {
+pub fn fetch_result_type(e: &crate::fetch::FetchError) -> ResultType {
     match e {
-        crate::fetch::FetchError::Tls(_) => "sts-webpki-invalid",
-        crate::fetch::FetchError::Invalid(_) => "sts-policy-invalid",
-        _ => "sts-policy-fetch-error",
+        crate::fetch::FetchError::Tls(_) => ResultType::StsWebpkiInvalid,
+        crate::fetch::FetchError::Invalid(_) => ResultType::StsPolicyInvalid,
+        _ => ResultType::StsPolicyFetchError,
     }
 }
 
@@ -312,7 +315,7 @@ impl Resolver {
                     tracing::debug!(domain = %domain, mode = %o.policy.mode, reason = %reason, "override applied");
                 }
             }
-            crate::metrics::metrics().overrides_applied.inc();
+            events::events().override_applied();
             return Ok(Answer::Policy(o.clone()));
         }
         if !domain.contains('.') {
@@ -707,7 +710,7 @@ impl Inner {
 
     fn discovery_skipped(&self, domain: &str) {
         use std::sync::atomic::Ordering;
-        crate::metrics::metrics().discovery("skipped");
+        events::events().discovery(DiscoveryResult::Skipped);
         let now = unix_now();
         let last = self.discoveries_warned.load(Ordering::Relaxed);
         if now >= last + 10
@@ -734,19 +737,19 @@ impl Inner {
         let failures = self.state.get(domain).await.map_or(0, |s| s.failures);
         let txt_name = format!("_mta-sts.{domain}");
 
-        let m = crate::metrics::metrics();
+        let m = events::events();
         let discovery = match self.dns.txt(&txt_name).await {
             Ok(answer) => {
                 let d = discover(answer.records());
                 m.discovery(if d.record().is_some() {
-                    "record"
+                    DiscoveryResult::Record
                 } else {
-                    "no-record"
+                    DiscoveryResult::NoRecord
                 });
                 d
             }
             Err(e) => {
-                m.discovery("failure");
+                m.discovery(DiscoveryResult::Failure);
                 let reason = format!("TXT lookup of {txt_name} failed: {}", e.reason);
                 let failure = Failure::Discovery(reason);
                 self.failed(domain, cached.as_deref(), failures, failure)
@@ -875,8 +878,7 @@ impl Inner {
         failures: u32,
         fetched: Result<crate::fetch::FetchedPolicy, crate::fetch::FetchError>,
     ) {
-        let m = crate::metrics::metrics();
-        m.fetch(fetched.as_ref().err().map(|e| e.class()));
+        events::events().fetch(fetched.as_ref().err().map(|e| e.class()));
         match fetched {
             Ok(fetched) => {
                 let policy = fetched.parsed.policy;

@@ -10,11 +10,13 @@ pub mod document;
 pub mod domain;
 pub mod mx;
 pub mod tlsrpt;
+mod tlsrpt_types;
 pub mod txt;
 
 pub use document::{parse_policy, Mode, ParsedPolicy, Policy, PolicyError, PolicyErrorKind};
 pub use domain::{normalize_domain, DomainError};
 pub use mx::{MxHosts, MxPattern, MxPatternError};
+pub use tlsrpt_types::{PolicyType, ResultType};
 pub use txt::{discover, parse_record, Discovery, StsRecord, TxtError};
 
 /// RFC 8461 §3.2: "maximum value of 31557600" (one year).

@@ -28,6 +28,8 @@
 
 use std::fmt;
 
+pub use super::tlsrpt_types::{PolicyType, ResultType};
+
 use super::domain::normalize_domain;
 use super::txt::{valid_ext_name, valid_ext_value};
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod auth_limit;
 pub mod client_limit;
 pub mod command;
+pub mod context;
 pub mod deliver;
 pub mod dkim;
 pub mod dsn;
@@ -52,7 +53,7 @@ pub fn hostname(config: &Config) -> String {
 pub struct Relay {
     pub queue: Queue,
     pub tlsrpt: tlsrpt::Tlsrpt,
-    shared: Arc<server::Shared>,
+    shared: Arc<context::RelayContext>,
 }
 
 impl Relay {
@@ -77,7 +78,7 @@ impl Relay {
         let queue = Queue::open(spool, deliverer, config.relay.clone(), hostname.clone())
             .await
             .map_err(|e| format!("cannot read the relay queue {}: {e}", dir.display()))?;
-        let shared = Arc::new(server::Shared {
+        let shared = Arc::new(context::RelayContext {
             cfg: config.relay.clone(),
             hostname,
             networks: config.relay_networks().map_err(|e| e.to_string())?,

@@ -891,3 +891,21 @@ impl Queue {
         Ok(id)
     }
 }
+
+/// Reports get the same durable path as bounces. `TLS-Required: No` in
+/// their header alone would change nothing for mail we write ourselves:
+/// the queue is told directly, as the relay's session would be.
+impl super::tlsrpt::ReportInjector for Queue {
+    fn inject_report<'a>(
+        &'a self,
+        to: &'a str,
+        client: String,
+        text: Vec<u8>,
+    ) -> super::tlsrpt::Queued<'a> {
+        let flags = Inject {
+            tls_optional: true,
+            ..Inject::default()
+        };
+        Box::pin(self.inject_with(to, client, text, flags))
+    }
+}

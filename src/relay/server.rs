@@ -3,7 +3,6 @@
 //! client. Clients that will be refused are refused before they can take a
 //! session slot.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -13,29 +12,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::client_limit::ClientLimit;
-use super::queue::Queue;
+use super::context::RelayContext;
 use super::session::Session;
-use crate::config::{IpNet, RelayConfig};
-
-/// What every session of one relay shares.
-pub struct Shared {
-    pub cfg: RelayConfig,
-    pub hostname: String,
-    pub networks: Vec<IpNet>,
-    pub queue: Queue,
-    /// Present when `relay.tls_cert_file` is set: STARTTLS is offered.
-    pub tls: Option<TlsAcceptor>,
-    /// Present when `relay.auth_users_file` is set: AUTH after STARTTLS.
-    pub users: Option<Arc<super::auth::Users>>,
-    /// AUTH failure back-off and the cap on password checks at once.
-    pub auth: super::auth_limit::AuthGate,
-}
-
-impl Shared {
-    pub fn allows(&self, peer: SocketAddr) -> bool {
-        self.networks.iter().any(|n| n.contains(peer.ip()))
-    }
-}
+use crate::config::RelayConfig;
 
 /// Binds every `relay.listen` address (before privileges are dropped).
 pub async fn bind(cfg: &RelayConfig) -> Result<Vec<TcpListener>, String> {
@@ -102,7 +81,7 @@ pub fn outside_slots(max_connections: usize) -> usize {
 /// Accepts clients on every listener until `shutdown`.
 pub async fn serve(
     listeners: Vec<TcpListener>,
-    shared: Arc<Shared>,
+    shared: Arc<RelayContext>,
     shutdown: watch::Receiver<bool>,
 ) {
     let slots = Slots {
@@ -135,7 +114,7 @@ fn turn_away(sessions: &mut JoinSet<()>, mut tcp: TcpStream, reply: &'static [u8
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<RelayContext>,
     slots: Slots,
     mut shutdown: watch::Receiver<bool>,
 ) {

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::command::{self, Command, MailParams, RcptParams};
-use super::server::Shared;
+use super::context::RelayContext;
 use super::spool::Envelope;
 use super::spool_limits::EnvelopeBudget;
 use crate::smtp::data::DataDecoder;
@@ -132,7 +132,7 @@ pub struct Session {
     /// Discarding the rest of an over-long line.
     skipping: bool,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<RelayContext>,
     helo: Option<String>,
     esmtp: bool,
     tls: bool,
@@ -154,7 +154,7 @@ enum End {
 type Step = Result<(), End>;
 
 impl Session {
-    pub fn new(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Session {
+    pub fn new(tcp: TcpStream, peer: SocketAddr, shared: Arc<RelayContext>) -> Session {
         Session {
             stream: Stream::Plain(tcp),
             buf: Vec::with_capacity(4096),

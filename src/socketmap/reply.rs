@@ -229,7 +229,10 @@ pub fn tlsrpt_attributes(p: &StoredPolicy, room: usize) -> Option<String> {
     }
     // Postfix checks policy_domain with valid_hostname(); ours is stricter.
     let domain = normalize_domain(&p.domain).ok()?;
-    let mut out = format!(" policy_type=sts policy_domain={domain}");
+    let mut out = format!(
+        " policy_type={} policy_domain={domain}",
+        crate::policy::PolicyType::Sts
+    );
     // Deduplicated like match= (stored policies bypass the parser).
     let mut seen = std::collections::HashSet::with_capacity(p.policy.mx.len());
     for pattern in &p.policy.mx {
@@ -440,7 +443,7 @@ mod tests {
         for why in [
             NoPolicy::Backoff(Failure::Fetch {
                 reason: "policy fetch failed: HTTP 500".into(),
-                result_type: "sts-policy-fetch-error",
+                result_type: crate::policy::ResultType::StsPolicyFetchError,
             }),
             NoPolicy::Backoff(Failure::Discovery("TXT lookup failed".into())),
             NoPolicy::NoRecord("NXDOMAIN".into()),
@@ -448,7 +451,7 @@ mod tests {
         ] {
             assert_eq!(render(&Ok(Answer::NoPolicy(why)), &m), "NOTFOUND ");
         }
-        let e: Result<Answer, StoreError> = Err(StoreError("disk".into()));
+        let e: Result<Answer, StoreError> = Err(StoreError::Unavailable("disk".into()));
         assert_eq!(render(&e, &m), "TEMP policy store: disk");
         // testing_as_enforce: enforced, so reported, with the policy's own mode.
         let strict = MapConfig {
@@ -643,7 +646,7 @@ mod tests {
 
     #[test]
     fn store_failure_is_temp_on_one_line() {
-        let e: Result<Answer, StoreError> = Err(StoreError("disk\nbroken".into()));
+        let e: Result<Answer, StoreError> = Err(StoreError::Unavailable("disk\nbroken".into()));
         assert_eq!(
             render(&e, &map(false, true)),
             "TEMP policy store: disk broken"

@@ -32,8 +32,9 @@ struct Health {
     backoff: Duration,
 }
 
+/// A read or write that failed: worth retrying.
 fn err(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("{what} {}: {e}", path.display()))
+    StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
 }
 
 impl Embedded {
@@ -75,7 +76,7 @@ impl Embedded {
             let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
             match guard.as_ref() {
                 Some(db) => f(db),
-                None => Err(StoreError(format!(
+                None => Err(StoreError::Unavailable(format!(
                     "{} could not be reopened after an I/O error; retrying",
                     self.path.display()
                 ))),
@@ -108,7 +109,7 @@ impl Embedded {
                 return Ok(());
             }
             if Instant::now() < h.next_reopen {
-                return Err(StoreError(format!(
+                return Err(StoreError::Unavailable(format!(
                     "{} failed; next attempt in {:?}",
                     self.path.display(),
                     h.next_reopen.saturating_duration_since(Instant::now())
@@ -177,8 +178,9 @@ impl Embedded {
     }
 
     pub fn put(&self, policy: &StoredPolicy) -> Result<(), StoreError> {
-        let raw =
-            serde_json::to_vec(policy).map_err(|e| err("cannot encode for", &self.path, e))?;
+        let raw = serde_json::to_vec(policy).map_err(|e| {
+            StoreError::Unusable(format!("cannot encode for {}: {e}", self.path.display()))
+        })?;
         self.write(|table| {
             table
                 .insert(policy.domain.as_str(), raw.as_slice())
@@ -243,12 +245,18 @@ enum Opening {
 impl Opening {
     fn into_error(self, path: &Path) -> StoreError {
         match self {
-            Opening::Failed(redb::DatabaseError::DatabaseAlreadyOpen) => StoreError(format!(
-                "{} is in use by another process (is the daemon running?)",
-                path.display()
-            )),
+            Opening::Failed(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                StoreError::InUse(format!(
+                    "{} is in use by another process (is the daemon running?)",
+                    path.display()
+                ))
+            }
             Opening::Failed(e) => err("cannot open", path, e),
-            Opening::Unsound(why) => err("cannot open", path, why),
+            // Already set aside once and still unsound: retrying the same
+            // file will not make it sound.
+            Opening::Unsound(why) => {
+                StoreError::Unusable(format!("cannot open {}: {why}", path.display()))
+            }
         }
     }
 }
@@ -315,7 +323,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| {
-            StoreError(format!(
+            StoreError::Unusable(format!(
                 "cannot create state directory {}: {e}; set state_dir in the config or STATE_DIRECTORY",
                 dir.display()
             ))
@@ -415,7 +423,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _held = Embedded::open(dir.path()).unwrap();
         let e = Embedded::open(dir.path()).err().expect("second open fails");
-        assert!(e.0.contains("in use"), "{e}");
+        assert!(matches!(e, StoreError::InUse(_)), "{e:?}");
+        assert!(e.to_string().contains("in use"), "{e}");
         assert!(set_aside_copies(dir.path()).is_empty());
     }
 }

@@ -6,6 +6,8 @@
 //! for refresh is decided by the resolver alone.
 
 pub mod embedded;
+mod error;
+pub mod events;
 pub mod recovery;
 pub mod redis;
 mod redis_client;
@@ -21,6 +23,7 @@ use crate::policy::Policy;
 
 pub use self::redis::{RedisTier, Shared};
 pub use embedded::Embedded;
+pub use error::StoreError;
 pub use trust::Weakening;
 
 /// Seconds since the Unix epoch. Stored times are wall-clock times because
@@ -71,10 +74,6 @@ impl StoredPolicy {
         now < self.expires_at()
     }
 }
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("policy store: {0}")]
-pub struct StoreError(pub String);
 
 /// Two tiers: memory over an optional persistent backend. The memory tier
 /// also remembers "not on disk" so that repeated lookups of domains without
@@ -208,18 +207,18 @@ impl PolicyStore {
                         disputed: Some(w),
                     });
                 }
-                crate::metrics::metrics().cache_hit("redis");
+                events::events().cache_hit(events::Tier::Redis);
                 Ok(local_only(Some(self.put_local(shared).await?)))
             }
         }
     }
 
     async fn get_local(&self, domain: &str) -> Result<Option<Arc<StoredPolicy>>, StoreError> {
-        let m = crate::metrics::metrics();
+        let m = events::events();
         // A remembered absence counts as no hit: the caller goes on to discovery.
         if let Some(hit) = self.memory.get(domain).await {
             if hit.is_some() {
-                m.cache_hit("memory");
+                m.cache_hit(events::Tier::Memory);
             }
             return Ok(hit);
         }
@@ -234,10 +233,10 @@ impl PolicyStore {
                     .await
                     .map(|p| p.map(Arc::new));
                 match &found {
-                    Ok(Some(_)) => m.cache_hit("disk"),
+                    Ok(Some(_)) => m.cache_hit(events::Tier::Disk),
                     Ok(None) => {}
                     Err(_) => {
-                        m.store_errors.inc();
+                        m.store_error();
                     }
                 }
                 found
@@ -269,7 +268,7 @@ impl PolicyStore {
             match blocking(move || d.put(&p)).await {
                 Ok(()) => self.saved(&policy.domain),
                 Err(e) => {
-                    crate::metrics::metrics().store_errors.inc();
+                    events::events().store_error();
                     tracing::warn!(domain = %policy.domain, error = %e, "policy kept in memory only until the store can be written");
                     self.unsaved_insert(&policy.domain);
                 }
@@ -439,7 +438,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ const MARK: &str = ".broken-";
 pub fn set_aside(path: &Path, why: &str) -> Result<PathBuf, StoreError> {
     let aside = PathBuf::from(format!("{}{MARK}{}", path.display(), unix_now()));
     std::fs::rename(path, &aside).map_err(|e| {
-        StoreError(format!(
+        StoreError::Unusable(format!(
             "{} is not a usable policy store ({why}) and cannot be set aside: {e}",
             path.display()
         ))

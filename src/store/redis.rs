@@ -136,12 +136,12 @@ impl RedisTier {
                 Ok((v, recovered))
             }
             Ok(Err(e)) => {
-                crate::metrics::metrics().store_errors.inc();
+                super::events::events().store_error();
                 self.record(false, &e.to_string());
                 Err(Unavailable)
             }
             Err(_) => {
-                crate::metrics::metrics().store_errors.inc();
+                super::events::events().store_error();
                 self.record(false, &format!("no answer within {:?}", self.timeout));
                 Err(Unavailable)
             }
@@ -185,7 +185,7 @@ impl RedisTier {
     }
 
     async fn report_rejection(&self, domain: &str, why: &Rejection) {
-        crate::metrics::metrics().shared_rejected(why.label());
+        super::events::events().shared_rejected(why.label());
         if self.rejections_logged.contains_key(domain) {
             return;
         }

@@ -9,7 +9,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use mta_sts_agent::config::Config;
-use mta_sts_agent::relay::tlsrpt::record::{day_name, Session, POLICY_STS};
+use mta_sts_agent::policy::PolicyType;
+use mta_sts_agent::relay::tlsrpt::record::{day_name, Session};
 use mta_sts_agent::relay::tlsrpt::state::MAX_REPORT_FILE;
 use mta_sts_agent::relay::tlsrpt::Tlsrpt;
 use mta_sts_agent::relay::Relay;
@@ -113,7 +114,7 @@ async fn a_broken_report_state_is_set_aside_and_the_daemon_serves() {
 
 fn session(domain: &str) -> Session<'_> {
     Session {
-        policy_type: POLICY_STS,
+        policy_type: PolicyType::Sts,
         policy_domain: domain,
         policy_string: &[],
         mx_host: &[],

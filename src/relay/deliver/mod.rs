@@ -32,7 +32,7 @@ use std::time::Duration;
 use super::command::{RcptParams, Ret};
 use super::spool::Spool;
 use crate::config::RelayConfig;
-use crate::policy::Mode;
+use crate::policy::{Mode, ResultType};
 use crate::resolver::{Answer, Failure, NoPolicy, Resolver};
 use crate::smtp::Reply;
 use crate::tlsprobe::TlsProber;
@@ -249,7 +249,7 @@ impl Deliverer {
                     result_type: rt, ..
                 }) = &why
                 {
-                    me.tlsrpt.sts_failure(&job.domain, rt);
+                    me.tlsrpt.sts_failure(&job.domain, *rt);
                 }
                 policy_unknown = matches!(why, NoPolicy::Backoff(_) | NoPolicy::Pending);
                 TlsMode::Opportunistic("no-policy")
@@ -460,7 +460,7 @@ impl Deliverer {
             Opened::Ready(s) => s,
             Opened::Next(why) => return Attempt::Next(why),
             Opened::HandshakeFailed(why, local) => {
-                self.checked(at, local, Some(("validation-failure", &why)));
+                self.checked(at, local, Some((ResultType::ValidationFailure, &why)));
                 // Opportunistic and testing deliveries retry in plaintext
                 // after a failed handshake, as Postfix does; enforce never.
                 if mode.strict() {
@@ -521,15 +521,15 @@ mod tests {
         use crate::tlsprobe::CertProblem;
         use session::cert_result_type;
         assert_eq!(
-            cert_result_type(&CertProblem::NameMismatch),
+            cert_result_type(&CertProblem::NameMismatch).as_str(),
             "certificate-host-mismatch"
         );
         assert_eq!(
-            cert_result_type(&CertProblem::Expired),
+            cert_result_type(&CertProblem::Expired).as_str(),
             "certificate-expired"
         );
         assert_eq!(
-            cert_result_type(&CertProblem::Untrusted),
+            cert_result_type(&CertProblem::Untrusted).as_str(),
             "certificate-not-trusted"
         );
     }

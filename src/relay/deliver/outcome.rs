@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use super::plan::{Event, TlsMode};
 use super::{At, Deliverer, Job};
+use crate::policy::ResultType;
 
 impl Deliverer {
     pub(super) fn log_attempt(&self, at: At<'_>, tls: &str, result: &str, reply: &str) {
@@ -37,7 +38,7 @@ impl Deliverer {
         &self,
         at: At<'_>,
         local_ip: Option<IpAddr>,
-        failure: Option<(&str, &str)>,
+        failure: Option<(ResultType, &str)>,
     ) {
         let At {
             job,
@@ -68,6 +69,7 @@ impl Deliverer {
                 "delivering anyway"
             };
             let policy_id = mode.policy().map(|p| p.id.as_str()).unwrap_or("");
+            let result_type = result_type.as_str();
             tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %mx, addr = %addr, mode = %mode.label(), policy_id, result_type, detail, outcome, "TLS policy check failed");
             crate::metrics::metrics().relay_policy_failure(mode.label(), result_type);
         }
@@ -82,14 +84,27 @@ impl Deliverer {
                     tracing::info!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, "TLS-Required: No: DANE not enforced for this message (opportunistic TLS)");
                 }
                 Event::DnssecInvalid { host, why } => {
-                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, result_type = "dnssec-invalid", "MX host ruled out by DNSSEC (RFC 7672 §2.1.1); not used");
-                    tlsrpt.tlsa(&job.domain, host, &[], None, None, Some("dnssec-invalid"));
+                    tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, reason = %why, result_type = ResultType::DnssecInvalid.as_str(), "MX host ruled out by DNSSEC (RFC 7672 §2.1.1); not used");
+                    tlsrpt.tlsa(
+                        &job.domain,
+                        host,
+                        &[],
+                        None,
+                        None,
+                        Some(ResultType::DnssecInvalid),
+                    );
                 }
                 Event::NotListed { host, enforce } => {
-                    tlsrpt.sts(mode.policy(), host, None, None, Some("validation-failure"));
+                    tlsrpt.sts(
+                        mode.policy(),
+                        host,
+                        None,
+                        None,
+                        Some(ResultType::ValidationFailure),
+                    );
                     let policy_id = mode.policy().map(|p| p.id.as_str()).unwrap_or("");
                     if *enforce {
-                        tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, policy_id = %policy_id, result_type = "validation-failure", "MX host not listed in the MTA-STS policy; not contacted");
+                        tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, policy_id = %policy_id, result_type = ResultType::ValidationFailure.as_str(), "MX host not listed in the MTA-STS policy; not contacted");
                         crate::metrics::metrics().relay_policy_failure("enforce", "mx-mismatch");
                     } else {
                         tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, mx = %host, policy_id = %policy_id, mode = "testing", "MX host not listed in the MTA-STS policy (testing: delivering anyway)");

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use super::plan::TlsMode;
 use super::reuse::{Open, Stream};
 use super::{At, Deliverer, NoSession};
+use crate::policy::ResultType;
 use crate::smtp::{Ehlo, SmtpConn};
 use crate::tlsprobe::CertProblem;
 
@@ -25,12 +26,12 @@ pub(super) enum Opened {
 }
 
 /// RFC 8460 §4.3 result type of a certificate problem.
-pub(super) fn cert_result_type(p: &CertProblem) -> &'static str {
+pub(super) fn cert_result_type(p: &CertProblem) -> ResultType {
     match p {
-        CertProblem::Expired | CertProblem::NotYetValid => "certificate-expired",
-        CertProblem::NameMismatch => "certificate-host-mismatch",
-        CertProblem::Untrusted => "certificate-not-trusted",
-        CertProblem::Other(_) => "validation-failure",
+        CertProblem::Expired | CertProblem::NotYetValid => ResultType::CertificateExpired,
+        CertProblem::NameMismatch => ResultType::CertificateHostMismatch,
+        CertProblem::Untrusted => ResultType::CertificateNotTrusted,
+        CertProblem::Other(_) => ResultType::ValidationFailure,
     }
 }
 
@@ -127,7 +128,7 @@ impl Deliverer {
                 self.checked(
                     at,
                     local_ip,
-                    Some(("starttls-not-supported", "STARTTLS not offered")),
+                    Some((ResultType::StarttlsNotSupported, "STARTTLS not offered")),
                 );
             }
             if mode.strict() {
@@ -168,7 +169,7 @@ impl Deliverer {
         // DANE hosts are judged by their TLSA records alone; everyone else
         // by the WebPKI verdict of the handshake (made again on the stored
         // chain when the session was resumed, see `tlsprobe`).
-        let failure: Option<(&str, String)> = match mode {
+        let failure: Option<(ResultType, String)> = match mode {
             TlsMode::Dane(records) => {
                 let chain = tls
                     .get_ref()
@@ -178,7 +179,7 @@ impl Deliverer {
                     .unwrap_or_default();
                 crate::dane::verify_chain(&chain, records, mx)
                     .err()
-                    .map(|m| ("tlsa-invalid", m.to_string()))
+                    .map(|m| (ResultType::TlsaInvalid, m.to_string()))
             }
             _ => report
                 .cert

@@ -106,7 +106,7 @@ async fn failures_are_grouped_by_result_type_and_receiving_mx() {
             "mx1.example.test",
             ip("192.0.2.1"),
             send,
-            Some("certificate-expired"),
+            Some(ResultType::CertificateExpired),
         );
     }
     w.tlsrpt.sts(
@@ -114,14 +114,14 @@ async fn failures_are_grouped_by_result_type_and_receiving_mx() {
         "mx2.example.test",
         ip("192.0.2.2"),
         send,
-        Some("certificate-expired"),
+        Some(ResultType::CertificateExpired),
     );
     w.tlsrpt.sts(
         Some(&p),
         "mx1.example.test",
         ip("192.0.2.1"),
         send,
-        Some("starttls-not-supported"),
+        Some(ResultType::StarttlsNotSupported),
     );
     w.tlsrpt
         .sts(Some(&p), "mx1.example.test", ip("192.0.2.1"), send, None);
@@ -170,7 +170,7 @@ async fn sessions_under_an_override_are_not_counted() {
         "mx1.example.test",
         None,
         None,
-        Some("certificate-expired"),
+        Some(ResultType::CertificateExpired),
     );
     assert!(w.tlsrpt.counts(today(), D).is_none());
 }
@@ -180,14 +180,14 @@ async fn a_disabled_tlsrpt_counts_nothing() {
     let w = world_with(false);
     let p = policy(PolicySource::Fetched);
     w.tlsrpt.sts(Some(&p), "mx1.example.test", None, None, None);
-    w.tlsrpt.sts_failure(D, "sts-policy-fetch-error");
+    w.tlsrpt.sts_failure(D, ResultType::StsPolicyFetchError);
     w.tlsrpt.tlsa(
         D,
         "mx1.example.test",
         &[],
         None,
         None,
-        Some("dnssec-invalid"),
+        Some(ResultType::DnssecInvalid),
     );
     assert!(w.tlsrpt.counts(today(), D).is_none());
 }
@@ -197,9 +197,9 @@ async fn a_policy_that_could_not_be_had_is_a_failure_without_policy_text() {
     // RFC 8460 §4.3.1: sts-policy-fetch-error and friends are counted
     // against the domain with no policy-string and no MX host.
     let w = world();
-    w.tlsrpt.sts_failure(D, "sts-policy-fetch-error");
-    w.tlsrpt.sts_failure(D, "sts-policy-fetch-error");
-    w.tlsrpt.sts_failure(D, "sts-webpki-invalid");
+    w.tlsrpt.sts_failure(D, ResultType::StsPolicyFetchError);
+    w.tlsrpt.sts_failure(D, ResultType::StsPolicyFetchError);
+    w.tlsrpt.sts_failure(D, ResultType::StsWebpkiInvalid);
     let counts = only_policy(&w);
     assert!(counts.policy_string.is_empty() && counts.mx_host.is_empty());
     assert_eq!(counts.failure_total(), 3);
@@ -230,7 +230,7 @@ async fn dane_sessions_are_a_tlsa_policy_of_their_own() {
         &records,
         None,
         None,
-        Some("tlsa-invalid"),
+        Some(ResultType::TlsaInvalid),
     );
     let day = w.tlsrpt.counts(today(), D).expect("counted");
     let tlsa = day
@@ -264,7 +264,7 @@ async fn each_utc_day_is_counted_and_reported_apart() {
     // RFC 8460 §4.1: a report covers one UTC day, 00:00:00 to 23:59:59.
     let w = world();
     let session = |rt| Session {
-        policy_type: record::POLICY_STS,
+        policy_type: PolicyType::Sts,
         policy_domain: D,
         policy_string: &[],
         mx_host: &[],
@@ -275,7 +275,7 @@ async fn each_utc_day_is_counted_and_reported_apart() {
     };
     w.tlsrpt.record(20_000, &session(None));
     w.tlsrpt
-        .record(20_001, &session(Some("validation-failure")));
+        .record(20_001, &session(Some(ResultType::ValidationFailure)));
     w.tlsrpt.record(20_001, &session(None));
     let first = w.tlsrpt.report(20_000, D).expect("report");
     assert_eq!(first.date_range.start_datetime, "2024-10-04T00:00:00Z");
@@ -301,7 +301,7 @@ async fn counts_flushed_to_disk_survive_a_restart() {
         "mx1.example.test",
         None,
         None,
-        Some("certificate-expired"),
+        Some(ResultType::CertificateExpired),
     );
     w.tlsrpt.sts(Some(&p), "mx1.example.test", None, None, None);
     w.tlsrpt.flush_blocking().expect("flush");
@@ -323,7 +323,7 @@ async fn the_report_lists_failure_details_as_rfc_8460_names_them() {
         "mx1.example.test",
         ip("192.0.2.1"),
         ip("198.51.100.9"),
-        Some("certificate-host-mismatch"),
+        Some(ResultType::CertificateHostMismatch),
     );
     let report = w.tlsrpt.report(today(), D).expect("report");
     let json = serde_json::to_value(&report).expect("json");
@@ -367,7 +367,7 @@ async fn failures_past_the_group_cap_stay_in_the_report_s_total() {
         .collect();
     for h in &hosts {
         w.tlsrpt
-            .sts(Some(&p), h, None, None, Some("validation-failure"));
+            .sts(Some(&p), h, None, None, Some(ResultType::ValidationFailure));
     }
     let report = w.tlsrpt.report(today(), D).expect("report");
     let policy = &report.policies[0];

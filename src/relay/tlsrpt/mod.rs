@@ -31,10 +31,13 @@
 #[cfg(test)]
 mod counting_tests;
 pub mod destination;
+pub mod inject;
 pub mod record;
 pub mod report;
 pub mod send;
 pub mod state;
+
+pub use inject::{Queued, ReportInjector};
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -48,9 +51,10 @@ use tokio::sync::watch;
 
 use crate::config::{Config, TlsRptConfig};
 use crate::dns::{Answer as DnsAnswer, Dns};
-use crate::policy::tlsrpt::{discover_tlsrpt, parse_rua_uri, RuaUri, TlsRptDiscovery};
+use crate::policy::tlsrpt::{
+    discover_tlsrpt, parse_rua_uri, PolicyType, ResultType, RuaUri, TlsRptDiscovery,
+};
 use crate::relay::dkim::DkimSigner;
-use crate::relay::Queue;
 use crate::store::{unix_now, PolicySource, StoredPolicy};
 
 use record::{Book, CountsDir, DomainDay, Session};
@@ -193,7 +197,7 @@ impl Tlsrpt {
         mx: &str,
         receiving_ip: Option<IpAddr>,
         sending_ip: Option<IpAddr>,
-        result_type: Option<&str>,
+        result_type: Option<ResultType>,
     ) {
         let Some(p) = policy else {
             return;
@@ -211,7 +215,7 @@ impl Tlsrpt {
         self.record(
             unix_now() / 86_400,
             &Session {
-                policy_type: record::POLICY_STS,
+                policy_type: PolicyType::Sts,
                 policy_domain: &p.domain,
                 policy_string: &lines,
                 mx_host: &mx_host,
@@ -227,11 +231,11 @@ impl Tlsrpt {
     /// policy because the policy could not be had (`sts-policy-fetch-error`,
     /// `sts-policy-invalid`, `sts-webpki-invalid`, RFC 8460 §4.3.1): no
     /// policy text, no MX host.
-    pub fn sts_failure(&self, domain: &str, result_type: &str) {
+    pub fn sts_failure(&self, domain: &str, result_type: ResultType) {
         self.record(
             unix_now() / 86_400,
             &Session {
-                policy_type: record::POLICY_STS,
+                policy_type: PolicyType::Sts,
                 policy_domain: domain,
                 policy_string: &[],
                 mx_host: &[],
@@ -255,13 +259,13 @@ impl Tlsrpt {
         records: &[crate::dns::TlsaRecord],
         receiving_ip: Option<IpAddr>,
         sending_ip: Option<IpAddr>,
-        result_type: Option<&str>,
+        result_type: Option<ResultType>,
     ) {
         let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
         self.record(
             unix_now() / 86_400,
             &Session {
-                policy_type: record::POLICY_TLSA,
+                policy_type: PolicyType::Tlsa,
                 policy_domain: domain,
                 policy_string: &lines,
                 mx_host: &[],
@@ -400,7 +404,7 @@ impl Tlsrpt {
     /// The daily job for `today` (days since 1970-01-01, UTC): reports every
     /// earlier day not yet reported, and retries reports whose URIs failed.
     /// Running it twice sends nothing twice.
-    pub async fn run_reports(&self, today: u64, queue: &Queue) -> RunSummary {
+    pub async fn run_reports(&self, today: u64, queue: &dyn ReportInjector) -> RunSummary {
         let mut summary = RunSummary::default();
         let mut reports = self.inner.reports.lock().await;
         let retry_days = self.inner.cfg.retry_days;
@@ -559,7 +563,7 @@ impl Tlsrpt {
         r: &ReportState,
         uri: &str,
         gz: &[u8],
-        queue: &Queue,
+        queue: &dyn ReportInjector,
     ) -> Result<Sent, ()> {
         match parse_rua_uri(uri) {
             Err(e) => {
@@ -616,7 +620,11 @@ impl Tlsrpt {
     /// Flushes every `flush_interval` and runs the daily job once per UTC
     /// day, `send_delay` after midnight (and at start-up once that time has
     /// passed); flushes once more at `shutdown`.
-    pub async fn run(self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        queue: impl ReportInjector + 'static,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         if !self.enabled() {
             return;
         }

@@ -18,12 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{PolicyType, ResultType};
 use crate::relay::dsn::civil_from_days;
-
-/// RFC 8460 §4.4 `policy-type` of an MTA-STS policy.
-pub const POLICY_STS: &str = "sts";
-/// RFC 8460 §4.4 `policy-type` of DANE TLSA records.
-pub const POLICY_TLSA: &str = "tlsa";
 
 /// Longest counts file read back, and written: a day's counts that would
 /// not fit stay in memory (logged) rather than become an unreadable file.
@@ -92,12 +88,12 @@ pub struct DomainDay {
 /// What a session under a policy came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session<'a> {
-    pub policy_type: &'static str,
+    pub policy_type: PolicyType,
     pub policy_domain: &'a str,
     pub policy_string: &'a [String],
     pub mx_host: &'a [String],
     /// None: TLS was negotiated and validated under the policy.
-    pub result_type: Option<&'a str>,
+    pub result_type: Option<ResultType>,
     pub sending_mta_ip: Option<IpAddr>,
     pub receiving_mx_hostname: Option<&'a str>,
     pub receiving_ip: Option<IpAddr>,
@@ -124,7 +120,7 @@ impl Book {
         }
         let domain = map.entry(s.policy_domain.to_string()).or_default();
         let i = match domain.policies.iter().position(|p| {
-            p.policy_type == s.policy_type
+            p.policy_type == s.policy_type.as_str()
                 && p.policy_string == s.policy_string
                 && p.mx_host == s.mx_host
         }) {
@@ -134,7 +130,7 @@ impl Book {
             None if domain.policies.len() >= MAX_POLICIES_PER_DOMAIN => domain.policies.len() - 1,
             None => {
                 domain.policies.push(PolicyCounts {
-                    policy_type: s.policy_type.to_string(),
+                    policy_type: s.policy_type.as_str().to_string(),
                     policy_string: s.policy_string.to_vec(),
                     mx_host: s.mx_host.to_vec(),
                     success: 0,
@@ -152,7 +148,7 @@ impl Book {
             Some(rt) => {
                 let full = p.failures.len() >= MAX_FAILURE_GROUPS;
                 let found = p.failures.iter_mut().find(|f| {
-                    f.result_type == rt
+                    f.result_type == rt.as_str()
                         && f.sending_mta_ip == s.sending_mta_ip
                         && f.receiving_mx_hostname.as_deref() == s.receiving_mx_hostname
                         && f.receiving_ip == s.receiving_ip
@@ -161,7 +157,7 @@ impl Book {
                     Some(f) => f.count = f.count.saturating_add(1),
                     None if full => p.other_failures = p.other_failures.saturating_add(1),
                     None => p.failures.push(FailureCount {
-                        result_type: rt.to_string(),
+                        result_type: rt.as_str().to_string(),
                         sending_mta_ip: s.sending_mta_ip,
                         receiving_mx_hostname: s.receiving_mx_hostname.map(str::to_string),
                         receiving_ip: s.receiving_ip,
@@ -353,9 +349,9 @@ impl CountsDir {
 mod tests {
     use super::*;
 
-    fn session<'a>(rt: Option<&'a str>, lines: &'a [String]) -> Session<'a> {
+    fn session<'a>(rt: Option<ResultType>, lines: &'a [String]) -> Session<'a> {
         Session {
-            policy_type: POLICY_STS,
+            policy_type: PolicyType::Sts,
             policy_domain: "example.test",
             policy_string: lines,
             mx_host: &[],
@@ -384,9 +380,9 @@ mod tests {
         let mut book = Book::default();
         book.add(5, &session(None, &a));
         book.add(5, &session(None, &a));
-        book.add(5, &session(Some("certificate-expired"), &a));
-        book.add(5, &session(Some("certificate-expired"), &a));
-        book.add(5, &session(Some("starttls-not-supported"), &a));
+        book.add(5, &session(Some(ResultType::CertificateExpired), &a));
+        book.add(5, &session(Some(ResultType::CertificateExpired), &a));
+        book.add(5, &session(Some(ResultType::StarttlsNotSupported), &a));
         book.add(5, &session(None, &b));
         let d = &book.days[&5]["example.test"];
         assert_eq!(d.policies.len(), 2);
@@ -407,7 +403,7 @@ mod tests {
         let names: Vec<String> = (0..200).map(|i| format!("mx{i}.example.test")).collect();
         for l in &lines {
             for n in &names {
-                let mut s = session(Some("validation-failure"), l);
+                let mut s = session(Some(ResultType::ValidationFailure), l);
                 s.receiving_mx_hostname = Some(n);
                 book.add(5, &s);
             }

@@ -9,12 +9,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::destination::{filter, PublicOnly};
+use super::inject::ReportInjector;
 use super::record::day_name;
 use super::report::day_bounds;
 use crate::config::FetchConfig;
 use crate::dns::Dns;
 use crate::relay::dkim::DkimSigner;
-use crate::relay::Queue;
 
 /// An HTTPS client built like the policy fetcher's: same trust anchors,
 /// our DNS (minus non-public addresses unless `allow_private`, see
@@ -188,7 +188,7 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
 /// that cannot be delivered is dropped (logged), never bounced to an
 /// address nobody reads. DKIM-signed when `m.dkim` is set. Durable once
 /// this returns.
-pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
+pub async fn queue_mail(queue: &dyn ReportInjector, m: &Mail<'_>) -> Result<String, String> {
     let mut text = message(m);
     if let Some(signer) = m.dkim {
         let field = signer
@@ -198,13 +198,7 @@ pub async fn queue_mail(queue: &Queue, m: &Mail<'_>) -> Result<String, String> {
         signed.extend_from_slice(&text);
         text = signed;
     }
-    // The header alone changes nothing for mail we write ourselves: the
-    // queue is told directly, as the relay's session would be.
-    let flags = crate::relay::queue::Inject {
-        tls_optional: true,
-        ..Default::default()
-    };
     queue
-        .inject_with(m.to, format!("TLS-RPT report {}", m.report_id), text, flags)
+        .inject_report(m.to, format!("TLS-RPT report {}", m.report_id), text)
         .await
 }

@@ -1,149 +1,31 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` HTTP listener.
+//! Prometheus metrics: the process-wide registry.
 //!
-//! The metrics are process-wide (one daemon per process), so every layer
-//! records where the event happens without threading a handle through.
+//! The faces (socketmap, relay) record into it directly. The layers below
+//! them (store, resolver, DANE) never import it: each defines the events it
+//! reports as a trait, which [`hooks`] implements and [`report_lower_layers`]
+//! installs. The `/metrics` + `/healthz` listener is in [`server`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-use crate::resolver::Resolver;
+use crate::policy::{Mode, ResultType};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LookupLabels {
-    pub map: String,
-    /// secure, notfound, temp or perm.
-    pub answer: String,
-}
+mod histogram;
+mod hooks;
+mod labels;
+pub mod server;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TierLabels {
-    /// memory, disk or redis (the shared fleet store).
-    pub tier: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FetchLabels {
-    /// ok or error.
-    pub outcome: String,
-    /// The failure class (timeout, tls, redirect, …), "none" on success.
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    /// record, no-record, failure.
-    pub result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AttemptLabels {
-    /// enforce, testing, none, no-policy or dane.
-    pub mode: String,
-    /// delivered, deferred, bounced or rejected.
-    pub result: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyFailureLabels {
-    /// enforce, testing, dane or requiretls.
-    pub mode: String,
-    /// RFC 8460 §4.3 result type, mx-mismatch, or (requiretls)
-    /// no-authenticated-mx.
-    pub result_type: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModeLabels {
-    pub mode: String,
-}
-
-/// Upper bounds of [`LookupHistogram`]'s buckets, in nanoseconds: 50 µs
-/// times powers of 4, to about 3 s (cached answers take microseconds, first
-/// lookups wait on DNS and HTTPS).
-const LOOKUP_BUCKETS_NS: [u64; 9] = {
-    let mut b = [50_000u64; 9];
-    let mut i = 1;
-    while i < 9 {
-        b[i] = b[i - 1] * 4;
-        i += 1;
-    }
-    b
+pub use histogram::LookupHistogram;
+pub use labels::{
+    AttemptLabels, FetchLabels, LookupLabels, ModeLabels, PolicyFailureLabels, ReasonLabels,
+    ResultLabels, TierLabels,
 };
-
-/// The socketmap's lookup-time histogram, observed by every lookup. The
-/// library's histogram takes a mutex per observation, which every socketmap
-/// connection thread then queues on (issue 13); this one is a handful of
-/// relaxed atomic adds, read together only when scraped.
-#[derive(Debug, Default, Clone)]
-pub struct LookupHistogram {
-    counts: std::sync::Arc<HistogramCounts>,
-}
-
-#[derive(Debug, Default)]
-struct HistogramCounts {
-    /// Per bucket (not cumulative), the last one above every bound.
-    buckets: [std::sync::atomic::AtomicU64; 10],
-    sum_ns: std::sync::atomic::AtomicU64,
-}
-
-impl LookupHistogram {
-    pub fn observe(&self, took: Duration) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let i = LOOKUP_BUCKETS_NS
-            .iter()
-            .position(|b| ns <= *b)
-            .unwrap_or(LOOKUP_BUCKETS_NS.len());
-        self.counts.buckets[i].fetch_add(1, Relaxed);
-        self.counts.sum_ns.fetch_add(ns, Relaxed);
-    }
-
-    /// Sum (seconds), count and per-bucket counts, the last at +Inf.
-    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut buckets = Vec::with_capacity(self.counts.buckets.len());
-        let mut count = 0;
-        for (i, b) in self.counts.buckets.iter().enumerate() {
-            let n = b.load(Relaxed);
-            count += n;
-            let bound = LOOKUP_BUCKETS_NS
-                .get(i)
-                .map_or(f64::MAX, |ns| *ns as f64 / 1e9);
-            buckets.push((bound, n));
-        }
-        (
-            self.counts.sum_ns.load(Relaxed) as f64 / 1e9,
-            count,
-            buckets,
-        )
-    }
-}
-
-impl TypedMetric for LookupHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LookupHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let (sum, count, buckets) = self.snapshot();
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
+pub use server::{serve, MAX_CONNECTIONS};
 
 /// The socketmap answers, in the order of [`Metrics::lookup_handles`].
 const ANSWERS: [&str; 4] = ["secure", "notfound", "temp", "perm"];
@@ -174,11 +56,6 @@ pub struct Metrics {
     pub relay_tls_required_no: Family<ReasonLabels, Counter>,
     pub relay_dsn_sent: Family<ReasonLabels, Counter>,
     pub shared_rejected: Family<ReasonLabels, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: String,
 }
 
 impl Metrics {
@@ -340,12 +217,14 @@ impl Metrics {
                 });
             }
         }
+        // mx-mismatch is the metrics' own name for a not-listed MX host,
+        // which TLS-RPT reports as validation-failure.
         for (mode, result_type) in [
-            ("enforce", "starttls-not-supported"),
-            ("enforce", "validation-failure"),
+            ("enforce", ResultType::StarttlsNotSupported.as_str()),
+            ("enforce", ResultType::ValidationFailure.as_str()),
             ("enforce", "mx-mismatch"),
-            ("testing", "starttls-not-supported"),
-            ("dane", "tlsa-invalid"),
+            ("testing", ResultType::StarttlsNotSupported.as_str()),
+            ("dane", ResultType::TlsaInvalid.as_str()),
         ] {
             let _ = relay_policy_failures.get_or_create(&PolicyFailureLabels {
                 mode: mode.to_string(),
@@ -504,23 +383,27 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the policy gauges brought up to date.
-    pub async fn render(&self, resolver: &Resolver) -> String {
-        if let Ok(all) = resolver.store().list().await {
-            self.policies.clear();
-            for mode in ["enforce", "testing", "none"] {
-                let _ = self.policies.get_or_create(&ModeLabels {
-                    mode: mode.to_string(),
-                });
-            }
-            for p in all {
-                self.policies
-                    .get_or_create(&ModeLabels {
-                        mode: p.policy.mode.to_string(),
-                    })
-                    .inc();
-            }
+    /// Sets the policy gauges to the cached policies' `modes`. The registry
+    /// cannot read the store itself (it sits above nothing): whoever serves
+    /// the scrape reads the store and calls this first.
+    pub fn set_policies(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.policies.clear();
+        for mode in [Mode::Enforce, Mode::Testing, Mode::None] {
+            let _ = self.policies.get_or_create(&ModeLabels {
+                mode: mode.to_string(),
+            });
         }
+        for mode in modes {
+            self.policies
+                .get_or_create(&ModeLabels {
+                    mode: mode.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -535,172 +418,12 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// Connections the metrics listener serves at once. A Prometheus scrapes one
-/// at a time; more are refused at once so that a flood of idle clients costs
-/// neither tasks nor the file descriptors the policy face needs.
-pub const MAX_CONNECTIONS: usize = 16;
-/// Longest wait for a request head, from the connection's first moment.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a whole exchange may take, answer included.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head read.
-const MAX_HEAD: usize = 8192;
-
-/// Serves `GET /metrics` and `GET /healthz` until shutdown. Plain HTTP/1.1,
-/// one request per connection, bounded head, time and connections: it is
-/// meant for a Prometheus on the same host or network, not for the internet.
-pub async fn serve(listener: TcpListener, resolver: Resolver, mut shutdown: watch::Receiver<bool>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut warned_full = false;
-    loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::error!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            if !warned_full {
-                tracing::warn!(peer = %peer, limit = MAX_CONNECTIONS, "metrics listener full; refusing new connections until one ends");
-                warned_full = true;
-            }
-            drop(stream);
-            continue;
-        };
-        warned_full = false;
-        let resolver = resolver.clone();
-        tokio::spawn(async move {
-            if tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &resolver))
-                .await
-                .is_err()
-            {
-                tracing::debug!(peer = %peer, "metrics request timed out");
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Reads a request head up to its blank line, within [`MAX_HEAD`] bytes and
-/// [`HEAD_TIMEOUT`]. `Ok(None)`: the client left, too slow or too long
-/// (already answered).
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                respond(stream, "408 Request Timeout", "text/plain", "").await?;
-                return Ok(None);
-            }
-        };
-        if n == 0 {
-            return Ok(None);
-        }
-        // Only the new bytes (and the three before them) can complete the
-        // blank line: no re-scan of the whole head per read.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buf[..n]);
-        if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Some(head));
-        }
-        if head.len() > MAX_HEAD {
-            respond(
-                stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "",
-            )
-            .await?;
-            return Ok(None);
-        }
-    }
-}
-
-async fn answer(mut stream: TcpStream, resolver: &Resolver) -> std::io::Result<()> {
-    let Some(head) = read_head(&mut stream).await? else {
-        return Ok(());
-    };
-    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    match (method, path) {
-        ("GET", "/metrics") => {
-            let body = metrics().render(resolver).await;
-            respond(
-                &mut stream,
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &body,
-            )
-            .await
-        }
-        ("GET", "/healthz") => {
-            let (status, body) = health(resolver.cached("healthz.invalid").await.map(|_| ()));
-            respond(&mut stream, status, "text/plain", body).await
-        }
-        ("GET", _) => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                "try /metrics or /healthz\n",
-            )
-            .await
-        }
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await,
-    }
-}
-
-/// The `/healthz` answer for the outcome of a store read. Whoever can reach
-/// the listener learns only up or down: the store error names files and
-/// hosts, so it goes to the log.
-fn health(store: Result<(), crate::store::StoreError>) -> (&'static str, &'static str) {
-    match store {
-        Ok(()) => ("200 OK", "ok\n"),
-        Err(e) => {
-            tracing::error!(error = %e, "health check: the policy store cannot be read");
-            (
-                "503 Service Unavailable",
-                "policy store unavailable (see the log)\n",
-            )
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_never_shows_the_store_error() {
-        let e = crate::store::StoreError("cannot read /var/lib/secret/policies.redb: I/O".into());
-        let (status, body) = health(Err(e));
-        assert!(status.starts_with("503"));
-        assert!(!body.contains('/') && !body.contains("redb"), "{body}");
-        assert_eq!(health(Ok(())), ("200 OK", "ok\n"));
-    }
+/// Makes the store, the resolver and DANE report to [`metrics`] from now on
+/// (idempotent). Called where the process wires its store up, before any
+/// lookup.
+pub fn report_lower_layers() {
+    let m: &'static Metrics = metrics();
+    crate::store::events::report_to(m);
+    crate::resolver::events::report_to(m);
+    crate::dane::events::report_to(m);
 }
