@@ -748,15 +748,15 @@ impl Config {
         }
         // A message the relay accepts must load back after a restart: its
         // envelope and delivery state have read limits (issue 12 item 2).
-        let storable = crate::relay::spool_limits::MAX_STORABLE_RECIPIENTS;
+        let storable = crate::limits::MAX_STORABLE_RECIPIENTS;
         if r.max_recipients > storable {
             return Err(invalid(
                 "relay.max_recipients",
                 r.max_recipients.to_string(),
                 format!(
                     "at most {storable}: the queue stores an envelope of up to {} octets and a delivery state of up to {} octets per message",
-                    crate::relay::spool_limits::MAX_ENVELOPE,
-                    crate::relay::spool_limits::MAX_STATE
+                    crate::limits::MAX_ENVELOPE,
+                    crate::limits::MAX_STATE
                 ),
             ));
         }
@@ -1105,7 +1105,7 @@ servername = false
     /// (and still be read back after a restart) is a config error.
     #[test]
     fn max_recipients_is_bounded_by_what_the_spool_stores() {
-        let max = crate::relay::spool_limits::MAX_STORABLE_RECIPIENTS;
+        let max = crate::limits::MAX_STORABLE_RECIPIENTS;
         assert!(parse(&format!("[relay]\nmax_recipients = {max}\n")).is_ok());
         let e = parse(&format!("[relay]\nmax_recipients = {}\n", max + 1))
             .unwrap_err()

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dane;
 pub mod dns;
 pub mod fetch;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod process;

@@ -30,12 +30,7 @@ use std::net::Ipv6Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// RFC 5321 §4.5.3.1.1.
-pub const MAX_LOCAL_PART: usize = 64;
-/// RFC 5321 §4.5.3.1.2.
-pub const MAX_DOMAIN: usize = 255;
-/// RFC 5321 §4.5.3.1.3: counts the angle brackets too.
-pub const MAX_PATH: usize = 256;
+pub use crate::limits::{MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH};
 
 /// One SMTP command, as received from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
