@@ -1,6 +1,6 @@
-//! Section 3, the MX hosts of the domain: the MX answer (NXDOMAIN, null
-//! MX, implicit MX, each host once in preference order), then every host
-//! checked at once
+//! Section 3, the MX hosts of the domain: the MX answer read by the shared
+//! rule [`MxHosts`] (NXDOMAIN, null MX, implicit MX, each host once in
+//! preference order), then every host checked at once
 //! ([`mx_host`](super::mx_host)) and reported in preference order.
 
 use tokio::task::JoinSet;
@@ -12,7 +12,7 @@ use super::mx_host::{self, MxHost};
 use super::progress::Progress;
 use super::wording::plural;
 use crate::dns::{Answer, Dns, MxRecord, RecordType};
-use crate::policy::{normalize_domain, Policy};
+use crate::policy::{normalize_domain, MxHosts, Policy};
 use crate::smtp::probe::SmtpProbeConfig;
 use crate::tlsprobe::TlsProber;
 
@@ -37,6 +37,21 @@ pub struct MxOutcome {
     pub null_mx: bool,
 }
 
+/// `hosts` with the preference of their first MX record (the one a sender
+/// tries them at).
+fn with_preferences(records: &[MxRecord], hosts: Vec<String>) -> Vec<MxHost> {
+    hosts
+        .into_iter()
+        .map(|host| MxHost {
+            preference: records
+                .iter()
+                .find(|r| r.exchange == host)
+                .map_or(0, |r| r.preference),
+            host,
+        })
+        .collect()
+}
+
 /// The hosts to check, with the findings about the MX answer; `None` when
 /// there is none to check (the outcome says why).
 async fn hosts(
@@ -46,16 +61,32 @@ async fn hosts(
     outcome: &mut MxOutcome,
 ) -> Option<(Vec<MxHost>, bool)> {
     let domain = scope.domain;
-    let records: Vec<MxRecord> = match dns.mx(domain).await {
+    let answer = match dns.mx(domain).await {
+        Ok(answer) => answer,
         Err(e) => {
             f.push(c::mx_lookup_failed(domain, &e));
             return None;
         }
-        Ok(Answer::NoRecords { nxdomain: true }) => {
+    };
+    // An implicit MX needs the name to exist without MX records, which
+    // only the answer tells (MxHosts makes both a one-host list).
+    let implicit = matches!(answer, Answer::NoRecords { nxdomain: false });
+    let hosts = match answer.mx_hosts(domain) {
+        MxHosts::NoDomain => {
             f.push(c::mx_domain_missing(domain));
             return None;
         }
-        Ok(Answer::NoRecords { .. }) => {
+        MxHosts::NullMx { alongside } => {
+            outcome.null_mx = true;
+            if alongside.is_empty() {
+                f.push(c::mx_null(domain, scope.sts_published));
+                outcome.suggest_hosts = Some(Vec::new());
+                return None;
+            }
+            f.push(c::mx_null_mixed(domain));
+            alongside
+        }
+        MxHosts::Hosts(hosts) if implicit => {
             let (a, aaaa) = tokio::join!(dns.a(domain), dns.aaaa(domain));
             let has_address =
                 matches!(a, Ok(Answer::Records(_))) || matches!(aaaa, Ok(Answer::Records(_)));
@@ -65,34 +96,11 @@ async fn hosts(
                 return None;
             }
             f.push(c::mx_implicit(domain));
-            let implicit = MxHost {
-                host: domain.to_string(),
-                preference: 0,
-            };
-            return Some((vec![implicit], true));
+            hosts
         }
-        Ok(Answer::Records(r)) => r,
+        MxHosts::Hosts(hosts) => hosts,
     };
-    let nulls = records.iter().filter(|m| m.is_null()).count();
-    if nulls > 0 {
-        outcome.null_mx = true;
-        if nulls == records.len() {
-            f.push(c::mx_null(domain, scope.sts_published));
-            outcome.suggest_hosts = Some(Vec::new());
-            return None;
-        }
-        f.push(c::mx_null_mixed(domain));
-    }
-    let mut hosts: Vec<MxHost> = Vec::new();
-    for r in records.into_iter().filter(|m| !m.is_null()) {
-        if !hosts.iter().any(|h| h.host == r.exchange) {
-            hosts.push(MxHost {
-                host: r.exchange,
-                preference: r.preference,
-            });
-        }
-    }
-    Some((hosts, false))
+    Some((with_preferences(answer.records(), hosts), implicit))
 }
 
 pub async fn check(
