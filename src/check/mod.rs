@@ -14,9 +14,11 @@
 //! [`mx_smtp`]; [`tlsrpt`]; [`verdict`]. Then [`render`] (human and JSON
 //! output), [`suggest`] (`--suggest`), [`progress`] (the stderr spinner),
 //! [`cli`] (options and exit codes, shared by `mta-sts-check` and
-//! `mta-sts-agent check`), [`wording`] (shared phrasing).
+//! `mta-sts-agent check`), [`wording`] (shared phrasing), [`calendar`]
+//! (UTC dates).
 
 pub mod caa;
+pub mod calendar;
 pub mod catalogue;
 pub mod cli;
 pub mod findings;

@@ -2,9 +2,7 @@
 //! sections and the verdict: counts with the right noun, record text safe
 //! to quote, and how far away a certificate's expiry is.
 
-use std::time::{Duration, SystemTime};
-
-use super::suggest;
+use super::calendar::iso_date;
 use crate::tlsprobe::LeafInfo;
 
 pub fn plural(n: usize, one: &str, many: &str) -> String {
@@ -29,14 +27,6 @@ pub fn lossy(raw: &[u8]) -> String {
     } else {
         text.into_owned()
     }
-}
-
-/// `YYYY-MM-DD` of a Unix time.
-fn iso_date(unix: i64) -> String {
-    let id = suggest::fresh_id(
-        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0)),
-    );
-    format!("{}-{}-{}", &id[0..4], &id[4..6], &id[6..8])
 }
 
 /// "expires in 90 days (2027-02-21)", "expired 3 days ago (…)", …
