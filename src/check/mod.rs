@@ -32,6 +32,8 @@ pub mod progress;
 pub mod render;
 pub mod run;
 pub mod suggest;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 pub mod tlsrpt;
 pub mod txt;
