@@ -7,7 +7,7 @@
 //! parsing and MX matching are the resolver's own code, so the check and the
 //! daemon never disagree about a policy.
 //!
-//! Layout: [`findings`] (what a finding is), [`catalogue`] (every finding
+//! Layout: [`options`] (what a run is given), [`findings`] (what a finding is), [`catalogue`] (every finding
 //! code with its severity and message), [`run`] (the sections in order),
 //! one module per section: [`txt`]; [`policy_host`] with [`caa`], [`tls`]
 //! and [`policy_doc`]; [`mx`] with [`mx_host`], [`mx_dane`] and
@@ -26,6 +26,7 @@ pub mod mx;
 pub mod mx_dane;
 pub mod mx_host;
 pub mod mx_smtp;
+pub mod options;
 pub mod policy_doc;
 pub mod policy_host;
 pub mod progress;

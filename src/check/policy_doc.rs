@@ -4,7 +4,7 @@
 
 use super::catalogue as c;
 use super::findings::Findings;
-use super::run::PolicyInput;
+use super::options::PolicyInput;
 use super::wording::lossy;
 use crate::fetch::{FetchError, FetchReport};
 use crate::policy::{parse_policy, ParsedPolicy, MAX_POLICY_BYTES};

@@ -10,8 +10,8 @@ use tokio::task::JoinSet;
 
 use super::catalogue::{self as c, TlsSide};
 use super::findings::Findings;
+use super::options::{Options, Tools};
 use super::progress::Progress;
-use super::run::{Options, Tools};
 use super::{caa, policy_doc, tls};
 use crate::dns::{Answer, Dns};
 use crate::policy::ParsedPolicy;

@@ -6,7 +6,7 @@
 //! [`crate::policy::parse_policy`], [`crate::policy::MxPattern::matches`]),
 //! so the check and the daemon cannot disagree about a domain's policy.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::findings::{Findings, PolicyFacts, PolicySource, Report};
 use super::mx::{self, Scope};
@@ -14,44 +14,9 @@ use super::progress::Progress;
 use super::txt::{self, TxtState};
 use super::verdict::{self, Outcome};
 use super::{policy_doc, policy_host, suggest, tlsrpt};
-use crate::dns::Dns;
-use crate::fetch::Fetcher;
 use crate::policy::ParsedPolicy;
-use crate::smtp::probe::SmtpProbeConfig;
-use crate::tlsprobe::TlsProber;
 
-/// The I/O the check uses: the daemon's own DNS and fetcher, and a TLS prober
-/// with the fetcher's trust anchors.
-#[derive(Clone, Debug)]
-pub struct Tools {
-    pub dns: Dns,
-    pub fetcher: Fetcher,
-    pub prober: TlsProber,
-}
-
-/// A policy given on the command line instead of the published one.
-#[derive(Debug, Clone)]
-pub enum PolicyInput {
-    File { path: String, body: Vec<u8> },
-    Stdin { body: Vec<u8> },
-}
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Normalised (A-labels, lower case, no trailing dot).
-    pub domain: String,
-    pub policy_input: Option<PolicyInput>,
-    /// `None`: `--no-smtp`.
-    pub smtp: Option<SmtpProbeConfig>,
-    pub https_port: u16,
-    pub timeout: Duration,
-    pub suggest: bool,
-}
-
-/// The check could not run at all (exit status 3).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct CannotRun(pub String);
+pub use super::options::{CannotRun, Options, PolicyInput, Tools};
 
 /// Runs every check for `opts.domain`.
 pub async fn run(opts: &Options, tools: &Tools, progress: &Progress) -> Result<Report, CannotRun> {

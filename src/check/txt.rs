@@ -4,7 +4,7 @@
 
 use super::catalogue::{self as c, NotSts};
 use super::findings::Findings;
-use super::run::CannotRun;
+use super::options::CannotRun;
 use super::wording::lossy;
 use crate::dns::{Answer, Dns, RecordType};
 use crate::policy::txt::{is_sts_record, repaired, TxtError};

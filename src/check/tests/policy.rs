@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{codes, only, severity, zone};
 use crate::check::findings::{Findings, Severity};
-use crate::check::run::PolicyInput;
+use crate::check::options::PolicyInput;
 use crate::check::{caa, policy_doc, policy_host};
 use crate::dns::memory::Fault;
 use crate::dns::RecordType;
