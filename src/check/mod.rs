@@ -7,15 +7,16 @@
 //! parsing and MX matching are the resolver's own code, so the check and the
 //! daemon never disagree about a policy.
 //!
-//! Layout: [`options`] (what a run is given), [`findings`] (what a finding is), [`catalogue`] (every finding
-//! code with its severity and message), [`run`] (the sections in order),
-//! one module per section: [`txt`]; [`policy_host`] with [`caa`], [`tls`]
-//! and [`policy_doc`]; [`mx`] with [`mx_host`], [`mx_dane`] and
-//! [`mx_smtp`]; [`tlsrpt`]; [`verdict`]. Then [`render`] (human and JSON
-//! output), [`suggest`] (`--suggest`), [`progress`] (the stderr spinner),
-//! [`cli`] (options and exit codes, shared by `mta-sts-check` and
-//! `mta-sts-agent check`), [`wording`] (shared phrasing), [`calendar`]
-//! (UTC dates).
+//! Layout: [`options`] (what a run is given), [`findings`] (what a finding
+//! is), [`catalogue`] (every finding code with its severity and message),
+//! [`run`] (the sections in order), one module per section: [`txt`];
+//! [`policy_host`] with [`caa`], [`tls`] and [`policy_doc`]; [`mx`] with
+//! [`mx_host`], [`mx_dane`] and [`mx_smtp`]; [`tlsrpt`]; [`verdict`]. Then
+//! [`render`] (human and JSON output), [`suggest`] (`--suggest`),
+//! [`progress`] (the stderr spinner), [`cli`] (options and exit codes,
+//! shared by `mta-sts-check` and `mta-sts-agent check`), [`wording`]
+//! (shared phrasing), [`calendar`] (UTC dates). The sections' unit tests,
+//! on the in-memory DNS and policy host, are in `tests/`.
 
 pub mod caa;
 pub mod calendar;

@@ -1,7 +1,7 @@
 //! Section 3, the MX hosts of the domain: the MX answer read by the shared
 //! rule [`MxHosts`] (NXDOMAIN, null MX, implicit MX, each host once in
 //! preference order), then every host checked at once
-//! ([`mx_host`](super::mx_host)) and reported in preference order.
+//! ([`mx_host`]) and reported in preference order.
 
 use tokio::task::JoinSet;
 

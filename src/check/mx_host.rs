@@ -1,7 +1,6 @@
 //! Section 3, one MX host: its name, whether the policy admits it
 //! ([`MxPattern::matches`], the daemon's own matching), its addresses,
-//! then DANE ([`mx_dane`](super::mx_dane)) and the SMTP probe
-//! ([`mx_smtp`](super::mx_smtp)).
+//! then DANE ([`mx_dane`]) and the SMTP probe ([`mx_smtp`]).
 
 use std::net::IpAddr;
 

@@ -2,7 +2,7 @@
 //! `policy_host`/`policy_doc`, `mx`, `tlsrpt`, `verdict`), and what each
 //! finding says is in [`catalogue`](super::catalogue). Discovery, fetch,
 //! parsing and MX matching are the resolver's own
-//! ([`crate::policy::discover`], [`Fetcher::fetch_report`],
+//! ([`crate::policy::discover`], [`Fetcher::fetch_report`](crate::fetch::Fetcher::fetch_report),
 //! [`crate::policy::parse_policy`], [`crate::policy::MxPattern::matches`]),
 //! so the check and the daemon cannot disagree about a domain's policy.
 
