@@ -10,6 +10,7 @@ use crate::dns::Dns;
 
 mod mx;
 mod policy;
+mod smtp;
 mod tlsrpt;
 mod txt;
 mod verdict;
