@@ -76,37 +76,22 @@ pub struct Findings {
 }
 
 impl Findings {
-    pub fn push(
-        &mut self,
-        section: Section,
-        severity: Severity,
-        code: &'static str,
-        message: impl Into<String>,
-    ) {
+    /// Adds a finding from the [`catalogue`](super::catalogue).
+    pub fn push(&mut self, finding: Finding) {
+        self.list.push(finding);
+    }
+
+    /// Adds a finding about one MX host.
+    pub fn push_host(&mut self, host: &str, finding: Finding) {
         self.list.push(Finding {
-            section,
-            severity,
-            code,
-            message: message.into(),
-            host: None,
+            host: Some(host.to_string()),
+            ..finding
         });
     }
 
-    pub fn push_host(
-        &mut self,
-        section: Section,
-        host: &str,
-        severity: Severity,
-        code: &'static str,
-        message: impl Into<String>,
-    ) {
-        self.list.push(Finding {
-            section,
-            severity,
-            code,
-            message: message.into(),
-            host: Some(host.to_string()),
-        });
+    /// Appends `other`'s findings, in their order.
+    pub fn append(&mut self, other: Findings) {
+        self.list.extend(other.list);
     }
 
     pub fn list(&self) -> &[Finding] {
@@ -117,6 +102,9 @@ impl Findings {
         self.list
     }
 
+    /// Only the tests ask: the sections know what they found without
+    /// searching the list.
+    #[cfg(test)]
     pub fn has(&self, code: &str) -> bool {
         self.list.iter().any(|f| f.code == code)
     }
@@ -260,17 +248,28 @@ impl Report {
 mod tests {
     use super::*;
 
+    fn at(severity: Severity, code: &'static str) -> Finding {
+        Finding {
+            section: Section::Mx,
+            severity,
+            code,
+            message: code.to_string(),
+            host: None,
+        }
+    }
+
     #[test]
     fn exit_codes() {
         let mut f = Findings::default();
         assert_eq!(Counts::of(f.list()).exit_code(), 0);
-        f.push(Section::Txt, Severity::Info, "x", "i");
-        f.push(Section::Txt, Severity::Ok, "y", "o");
+        f.push(at(Severity::Info, "x"));
+        f.push(at(Severity::Ok, "y"));
         assert_eq!(Counts::of(f.list()).exit_code(), 0);
-        f.push(Section::Mx, Severity::Warning, "z", "w");
+        f.push(at(Severity::Warning, "z"));
         assert_eq!(Counts::of(f.list()).exit_code(), 1);
-        f.push_host(Section::Mx, "mx.test", Severity::Error, "e", "e");
+        f.push_host("mx.test", at(Severity::Error, "e"));
         assert_eq!(Counts::of(f.list()).exit_code(), 2);
+        assert_eq!(f.list()[3].host.as_deref(), Some("mx.test"));
     }
 
     #[test]

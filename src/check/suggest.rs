@@ -2,8 +2,9 @@
 //! (working) MTA-STS: the TXT record with a fresh id, a `mode: testing` policy
 //! built from the current MX records, and a TLS-RPT record.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
+use super::calendar;
 use super::findings::Suggestion;
 use crate::policy::{mx::matches_any, parse_policy, MxPattern};
 
@@ -14,34 +15,7 @@ pub const SUGGESTED_MAX_AGE: u32 = 86_400;
 /// A fresh policy id: the UTC time as `YYYYMMDDhhmmss` (14 digits, within the
 /// 1–32 alphanumerics RFC 8461 §3.1 allows, and increasing over time).
 pub fn fresh_id(now: SystemTime) -> String {
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    calendar::timestamp_id(now)
 }
 
 /// `mx:` values for the given MX hosts (already normalised, in preference
@@ -164,7 +138,7 @@ pub fn suggest(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn hosts(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
