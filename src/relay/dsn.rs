@@ -19,8 +19,12 @@
 //! 8BITMIME (a non-ASCII sender, recipient, reason or original header); the
 //! top-level `Content-Transfer-Encoding` then says `8bit` so the queue can
 //! tell.  The `message/delivery-status` part itself is always 7-bit ASCII.
+//!
+//! The multipart layout and the boundary that no part can contain come
+//! from [`crate::smtp::mime`], which the mailed TLS-RPT reports share; this
+//! module writes what goes inside the parts and the top-level fields.
 
-use std::fmt::Write as _;
+use crate::smtp::mime::{Multipart, Part};
 
 /// One recipient the message could not be delivered to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +135,6 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     let text_8bit = !text.is_ascii();
     let headers_8bit = !headers.is_ascii();
 
-    let mut parts: Vec<u8> = Vec::with_capacity(text.len() + status.len() + headers.len() + 512);
     let part_heads: [String; 3] = [
         format!(
             "Content-Description: Notification\r\n\
@@ -163,31 +166,22 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
         ),
     ];
     let bodies: [&[u8]; 3] = [text.as_bytes(), status.as_bytes(), &headers];
-
-    // The boundary is chosen after the parts exist so we can check it against
-    // everything that will sit between delimiters (RFC 2046 §5.1.1: it must
-    // not occur in any encapsulated part).  The whole original is checked too
-    // so the choice stays safe should the full message ever be attached.
-    let boundary = pick_boundary(&qid, b.now, |cand| {
-        let needle = cand.as_bytes();
-        contains(b.original, needle)
-            || bodies.iter().any(|body| contains(body, needle))
-            || part_heads.iter().any(|h| contains(h.as_bytes(), needle))
-    });
-
-    for (head, body) in part_heads.iter().zip(bodies.iter()) {
-        // RFC 2046 §5.1.1: the CRLF before "--" belongs to the delimiter, so
-        // each body's own final CRLF survives.
-        parts.extend_from_slice(b"\r\n--");
-        parts.extend_from_slice(boundary.as_bytes());
-        parts.extend_from_slice(b"\r\n");
-        parts.extend_from_slice(head.as_bytes());
-        parts.extend_from_slice(b"\r\n");
-        parts.extend_from_slice(body);
-    }
-    parts.extend_from_slice(b"\r\n--");
-    parts.extend_from_slice(boundary.as_bytes());
-    parts.extend_from_slice(b"--\r\n");
+    let parts: Vec<Part<'_>> = part_heads
+        .iter()
+        .zip(bodies)
+        .map(|(head, body)| Part {
+            headers: head,
+            body,
+        })
+        .collect();
+    // The whole original is checked too, not only what is attached, so the
+    // choice stays safe should the full message ever be attached.
+    let multipart = Multipart::new(
+        &boundary_candidate(&qid, b.now),
+        "This is a MIME-encapsulated message.",
+        &parts,
+        &[b.original],
+    );
 
     let mut top = String::with_capacity(1024);
     push_field(
@@ -222,10 +216,7 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     // RFC 3834 §5: marks the bounce as automatic so responders stay quiet.
     push_field(&mut top, "Auto-Submitted", "auto-replied");
     push_field(&mut top, "MIME-Version", "1.0");
-    // RFC 6522 §3: report-type is mandatory; the boundary is quoted because
-    // it contains "=", a tspecial (RFC 2045 §5.1).
-    top.push_str("Content-Type: multipart/report; report-type=delivery-status;\r\n");
-    let _ = write!(top, "\tboundary=\"{boundary}\"\r\n");
+    top.push_str(&multipart.report_content_type("delivery-status"));
     // RFC 2045 §6.4: a multipart must declare 8bit when any part is 8bit.
     push_field(
         &mut top,
@@ -237,11 +228,10 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
         },
     );
     top.push_str("\r\n");
-    // Preamble for readers without MIME support (RFC 2046 §5.1.1).
-    top.push_str("This is a MIME-encapsulated message.\r\n");
 
     let mut out = top.into_bytes();
-    out.extend_from_slice(&parts);
+    out.reserve(text.len() + status.len() + headers.len() + 512);
+    multipart.write_body(&mut out);
     out
 }
 
@@ -616,28 +606,6 @@ fn boundary_candidate(qid: &str, now: u64) -> String {
     format!("=_dsn_{id}_{now}")
 }
 
-// Tries the candidate and then numbered variants until `taken` rejects none.
-// It terminates: the checked content is finite, and each occurrence can block
-// only the handful of variants whose suffix digits follow it.
-fn pick_boundary(qid: &str, now: u64, taken: impl Fn(&str) -> bool) -> String {
-    let base = boundary_candidate(qid, now);
-    if !taken(&base) {
-        return base;
-    }
-    let mut n: u64 = 1;
-    loop {
-        let cand = format!("{base}_{n}");
-        if !taken(&cand) {
-            return cand;
-        }
-        n = n.saturating_add(1);
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
 // Splits at most `max` bytes off the front of `s` on a char boundary, always
 // taking at least one character so callers make progress.
 fn split_at_most(s: &str, max: usize) -> (&str, &str) {
@@ -730,6 +698,7 @@ fn push_wrapped(out: &mut String, text: &str, first: &str, rest_prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::mime::contains;
 
     fn rcpt(
         address: &str,

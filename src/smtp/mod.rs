@@ -10,11 +10,14 @@
 //! The message body, both ways, is pure wire format: [`data`] reads DATA
 //! for the relay's server side, [`dotstuff`] writes it for deliveries; one
 //! line-ending rule for both, so nothing can end a message early.
+//! [`mime`] lays out the multipart reports the relay writes (bounces,
+//! TLS-RPT mails), with a boundary no part contains.
 
 pub mod client;
 pub mod data;
 pub mod dotstuff;
 pub mod headers;
+pub mod mime;
 pub mod probe;
 pub mod reply;
 pub mod xtext;
