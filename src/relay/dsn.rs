@@ -24,6 +24,7 @@
 //! from [`crate::smtp::mime`], which the mailed TLS-RPT reports share; this
 //! module writes what goes inside the parts and the top-level fields.
 
+use crate::smtp::date;
 use crate::smtp::mime::{Multipart, Part};
 
 /// One recipient the message could not be delivered to.
@@ -206,7 +207,7 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
             Notice::Relayed => "Successful Mail Delivery Report (relayed)",
         },
     );
-    push_field(&mut top, "Date", &rfc5322_date(b.now));
+    push_field(&mut top, "Date", &date::rfc5322(b.now));
     // RFC 5322 §3.6.4: id-left is dot-atom-text, which `token` guarantees.
     push_field(
         &mut top,
@@ -235,34 +236,6 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     out
 }
 
-/// RFC 5322 date-time for unix seconds, in UTC:
-/// `"Wed, 30 Dec 2026 04:49:06 +0000"` for 1798606146.
-#[must_use]
-pub fn rfc5322_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    // 1970-01-01 was a Thursday, hence the table starts there.
-    let weekday = DAYS
-        .get(usize::try_from(days % 7).unwrap_or(0))
-        .copied()
-        .unwrap_or("Thu");
-    let month = MONTHS
-        .get(usize::try_from(month.saturating_sub(1)).unwrap_or(0))
-        .copied()
-        .unwrap_or("Jan");
-    format!(
-        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} +0000",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// The enhanced status code (class.subject.detail) at the start of an SMTP
 /// reply text such as "5.1.1 no such user", if any.
 #[must_use]
@@ -281,22 +254,6 @@ fn is_status_code(code: &str) -> bool {
     };
     let digits = |s: &str| (1..=3).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit());
     matches!(class, "2" | "4" | "5") && digits(subject) && digits(detail)
-}
-
-// Howard Hinnant's days-to-civil algorithm for the proleptic Gregorian
-// calendar; u64 input keeps everything non-negative, and the arithmetic
-// cannot overflow because u64::MAX / 86400 days is far below u64 range.
-pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A message that can go back whole inside `message/rfc822`: small
@@ -331,7 +288,7 @@ fn text_part(b: &Bounce<'_>, host: &str, full: bool) -> String {
         Notice::Delay { until } => format!(
             "Your message has not yet been delivered to the recipients listed below. \
              It is still queued and will be retried until {}; you do not need to send it again.",
-            rfc5322_date(until)
+            date::rfc5322(until)
         ),
         Notice::Relayed => {
             "Your message was handed on to the recipients' mail servers listed below. \
@@ -345,7 +302,7 @@ fn text_part(b: &Bounce<'_>, host: &str, full: bool) -> String {
         &mut t,
         &format!(
             "The message arrived on {} with queue ID {}; {} attached.",
-            rfc5322_date(b.arrival),
+            date::rfc5322(b.arrival),
             token(b.queue_id, 64),
             if full { "it is" } else { "its headers are" }
         ),
@@ -391,8 +348,8 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
     // §2.2.2: Reporting-MTA is required and names us by DNS name.
     push_field(&mut s, "Reporting-MTA", &format!("dns; {host}"));
     // §2.2.5
-    push_field(&mut s, "Arrival-Date", &rfc5322_date(b.arrival));
-    let now = rfc5322_date(b.now);
+    push_field(&mut s, "Arrival-Date", &date::rfc5322(b.arrival));
+    let now = date::rfc5322(b.now);
     for r in b.recipients {
         s.push_str("\r\n");
         // §2.3.1: from ORCPT, address type and address as the sender gave
@@ -447,7 +404,7 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
         push_field(&mut s, "Last-Attempt-Date", &now);
         // §2.3.8
         if let Notice::Delay { until } = b.notice {
-            push_field(&mut s, "Will-Retry-Until", &rfc5322_date(until));
+            push_field(&mut s, "Will-Retry-Until", &date::rfc5322(until));
         }
     }
     s
@@ -1211,27 +1168,6 @@ Body: not a header\r\n";
         let invalid = [0xff_u8, 0xfe, b'\n', 0x80, b'\r', b'\n', b'\r', b'\n', b'x'];
         let r = sample();
         assert_lines_ok(&build(&bounce(&r, &invalid)));
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_798_606_146),
-            "Wed, 30 Dec 2026 04:49:06 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_709_164_800),
-            "Thu, 29 Feb 2024 00:00:00 +0000"
-        );
-        assert_eq!(rfc5322_date(951_868_799), "Tue, 29 Feb 2000 23:59:59 +0000");
-        assert_eq!(rfc5322_date(951_868_800), "Wed, 01 Mar 2000 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(4_102_444_799),
-            "Thu, 31 Dec 2099 23:59:59 +0000"
-        );
-        assert!(rfc5322_date(u64::MAX).ends_with(" +0000"));
     }
 
     #[test]

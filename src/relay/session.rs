@@ -681,7 +681,7 @@ impl Session {
             self.peer.ip(),
             self.shared.hostname,
             writer.id(),
-            super::dsn::rfc5322_date(unix_now()),
+            crate::smtp::date::rfc5322(unix_now()),
         );
         let max = self.shared.cfg.max_message_size;
         let mut io_error: Option<io::Error> = writer.write(received.as_bytes()).err();

@@ -11,10 +11,12 @@
 //! for the relay's server side, [`dotstuff`] writes it for deliveries; one
 //! line-ending rule for both, so nothing can end a message early.
 //! [`mime`] lays out the multipart reports the relay writes (bounces,
-//! TLS-RPT mails), with a boundary no part contains.
+//! TLS-RPT mails), with a boundary no part contains; [`date`] writes the
+//! dates in them.
 
 pub mod client;
 pub mod data;
+pub mod date;
 pub mod dotstuff;
 pub mod headers;
 pub mod mime;

@@ -167,10 +167,7 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
     let mut out = String::with_capacity(b64.len() + 2048);
     out.push_str(&format!("From: <{}>\r\n", m.from));
     out.push_str(&format!("To: <{}>\r\n", m.to));
-    out.push_str(&format!(
-        "Date: {}\r\n",
-        crate::relay::dsn::rfc5322_date(m.now)
-    ));
+    out.push_str(&format!("Date: {}\r\n", crate::smtp::date::rfc5322(m.now)));
     out.push_str(&format!(
         "Message-ID: <tlsrpt.{unique}.{}.{}@{}>\r\n",
         m.domain, m.now, m.submitter
