@@ -26,6 +26,7 @@
 
 use crate::smtp::date;
 use crate::smtp::mime::{Multipart, Part};
+use crate::smtp::status::{is_status_code, EXPIRED, OK, PERM_OTHER};
 
 /// One recipient the message could not be delivered to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,26 +237,6 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     out
 }
 
-/// The enhanced status code (class.subject.detail) at the start of an SMTP
-/// reply text such as "5.1.1 no such user", if any.
-#[must_use]
-pub fn enhanced_status(reply_text: &str) -> Option<String> {
-    let code = reply_text.split_ascii_whitespace().next()?;
-    is_status_code(code).then(|| code.to_string())
-}
-
-// RFC 3463 §2: class is 2, 4 or 5; subject and detail are 1 to 3 digits.
-fn is_status_code(code: &str) -> bool {
-    let mut it = code.split('.');
-    let (Some(class), Some(subject), Some(detail), None) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
-        return false;
-    };
-    let digits = |s: &str| (1..=3).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit());
-    matches!(class, "2" | "4" | "5") && digits(subject) && digits(detail)
-}
-
 /// A message that can go back whole inside `message/rfc822`: small
 /// enough, and no line over the RFC 5322 §2.1.1 limit (a longer one would
 /// have to be cut, which would no longer be the message).
@@ -377,14 +358,14 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
         let status = r.status.trim();
         let status = if r.relayed || b.notice == Notice::Relayed {
             // RFC 3463 §3.1: X.0.0, success with nothing more to say.
-            "2.0.0"
+            OK
         } else if is_status_code(status) {
             status
         } else if b.expired {
             // RFC 3463 §3.5: X.4.7 "delivery time expired".
-            "4.4.7"
+            EXPIRED
         } else {
-            "5.0.0"
+            PERM_OTHER
         };
         push_field(&mut s, "Status", status);
         if let Some(h) = r.remote_mta.as_deref().and_then(remote_host) {
@@ -1168,24 +1149,5 @@ Body: not a header\r\n";
         let invalid = [0xff_u8, 0xfe, b'\n', 0x80, b'\r', b'\n', b'\r', b'\n', b'x'];
         let r = sample();
         assert_lines_ok(&build(&bounce(&r, &invalid)));
-    }
-
-    #[test]
-    fn enhanced_status_codes() {
-        assert_eq!(enhanced_status("5.1.1 x").as_deref(), Some("5.1.1"));
-        assert_eq!(enhanced_status("4.7.0").as_deref(), Some("4.7.0"));
-        assert_eq!(
-            enhanced_status("5.7.26 unauthenticated").as_deref(),
-            Some("5.7.26")
-        );
-        assert_eq!(enhanced_status("2.0.0 ok").as_deref(), Some("2.0.0"));
-        assert_eq!(enhanced_status("250 ok"), None);
-        assert_eq!(enhanced_status("5.1"), None);
-        assert_eq!(enhanced_status("6.1.1 x"), None);
-        assert_eq!(enhanced_status("5.1234.1 x"), None);
-        assert_eq!(enhanced_status("5.1.1.1 x"), None);
-        assert_eq!(enhanced_status("5..1 x"), None);
-        assert_eq!(enhanced_status("5.1.1, x"), None);
-        assert_eq!(enhanced_status(""), None);
     }
 }

@@ -12,7 +12,8 @@
 //! line-ending rule for both, so nothing can end a message early.
 //! [`mime`] lays out the multipart reports the relay writes (bounces,
 //! TLS-RPT mails), with a boundary no part contains; [`date`] writes the
-//! dates in them.
+//! dates in them. [`status`] names the enhanced status codes (RFC 3463)
+//! the relay answers and reports with.
 
 pub mod client;
 pub mod data;
@@ -22,6 +23,7 @@ pub mod headers;
 pub mod mime;
 pub mod probe;
 pub mod reply;
+pub mod status;
 pub mod xtext;
 
 pub use client::{Ehlo, SmtpConn, SmtpError};
