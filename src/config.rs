@@ -262,14 +262,15 @@ mod duration_list {
     }
 }
 
-/// An IP network in CIDR form.
+/// An IP network in CIDR form. The containment arithmetic is the ipnet
+/// crate's; what this type adds is the spelling `relay.allowed_networks`
+/// accepts and the IPv4-mapped rule of [`IpNet::contains`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: std::net::IpAddr,
-    pub prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
+    /// `address/prefix`, or a bare address for that one host; spaces
+    /// around either half are allowed.
     pub fn parse(s: &str) -> Option<IpNet> {
         let (ip, prefix) = match s.split_once('/') {
             Some((ip, p)) => (ip, Some(p)),
@@ -281,7 +282,12 @@ impl IpNet {
             Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
             None => max,
         };
-        Some(IpNet { addr, prefix })
+        IpNet::new(addr, prefix)
+    }
+
+    /// None when `prefix` is longer than the address.
+    pub fn new(addr: std::net::IpAddr, prefix: u8) -> Option<IpNet> {
+        ipnet::IpNet::new(addr, prefix).ok().map(IpNet)
     }
 
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
@@ -291,20 +297,8 @@ impl IpNet {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        let (a, b, bits) = match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => (
-                u128::from(u32::from(n)) << 96,
-                u128::from(u32::from(i)) << 96,
-                self.prefix,
-            ),
-            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), self.prefix),
-            _ => return false,
-        };
-        if bits == 0 {
-            return true;
-        }
-        let mask = u128::MAX << (128 - u32::from(bits));
-        a & mask == b & mask
+        // An IPv4 network never contains an IPv6 address, nor the reverse.
+        self.0.contains(&ip)
     }
 }
 
@@ -1120,5 +1114,36 @@ servername = false
     fn state_dir_explicit_wins() {
         let c = parse("state_dir = \"/srv/sts\"\n").unwrap();
         assert_eq!(c.state_dir(), PathBuf::from("/srv/sts"));
+    }
+
+    #[test]
+    fn ip_networks_parse_and_contain() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let net = |s: &str| IpNet::parse(s).unwrap_or_else(|| panic!("{s}"));
+        assert!(net("10.0.0.0/8").contains(ip("10.255.0.1")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        // Host bits in the network are ignored, as before.
+        assert!(net(" 10.1.2.3 / 8 ").contains(ip("10.9.9.9")));
+        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.1")));
+        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        // A dual-stack socket's IPv4-mapped peer is the IPv4 address.
+        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        assert!(!net("::/0").contains(ip("::ffff:127.0.0.1")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x/8",
+            "10.0.0.0/8/8",
+        ] {
+            assert_eq!(IpNet::parse(bad), None, "{bad}");
+        }
     }
 }

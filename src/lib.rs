@@ -7,7 +7,6 @@
 //! [`relay`] (the smart host), [`check`] (the `mta-sts-check` diagnosis, probing with [`smtp`] and
 //! [`tlsprobe`]).
 
-pub mod bench;
 pub mod check;
 pub mod config;
 pub mod control;

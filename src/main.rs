@@ -44,11 +44,6 @@ enum Command {
         #[command(subcommand)]
         what: SetupCommand,
     },
-    /// Measure a socketmap server (see contrib/bench/compare.sh).
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
     /// Diagnose a domain's MTA-STS deployment: the same tool and options as
     /// `mta-sts-check` (see `mta-sts-agent check --help`).
     #[command(disable_help_flag = true)]
@@ -116,49 +111,6 @@ enum QueueAction {
     Flush { id: Option<String> },
     /// Remove message ID (or ALL) from the queue, without a bounce.
     Delete { id: String },
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Send lookups to a socketmap server; report throughput, latency and
-    /// (with --pid) the server's memory.
-    Load {
-        #[arg(long, default_value = "127.0.0.1:8461")]
-        target: std::net::SocketAddr,
-        #[arg(long, default_value = "postfix")]
-        map: String,
-        /// File with one domain per line (blank lines and # comments skipped).
-        #[arg(long)]
-        domains: Option<PathBuf>,
-        /// A domain to look up (repeatable); with --domains, both are used.
-        #[arg(long)]
-        domain: Vec<String>,
-        #[arg(long, default_value_t = 8)]
-        connections: usize,
-        /// Run this long (e.g. 10s)…
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<std::time::Duration>,
-        /// …or send this many lookups in all.
-        #[arg(long)]
-        requests: Option<u64>,
-        /// Offered lookups per second (open loop); default: closed loop.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// A reply slower than this is an error.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Report this process's resident memory (the server's pid).
-        #[arg(long)]
-        pid: Option<u32>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Answer every lookup with one constant reply: the ceiling for any
-    /// socketmap server on this machine.
-    Null {
-        #[arg(long, default_value = "127.0.0.1:8469")]
-        listen: std::net::SocketAddr,
-    },
 }
 
 #[derive(Subcommand)]
@@ -262,7 +214,6 @@ fn main() -> ExitCode {
         Command::RelayPassword { user } => relay_password(&user),
         Command::Check { .. } => Ok(()), // handled above, before the config is loaded
         Command::Setup { .. } | Command::ManPages { .. } => Ok(()), // handled above
-        Command::Bench { what } => runtime.block_on(bench(what)),
         Command::Config => toml::to_string_pretty(&config)
             .map(|text| print!("{text}"))
             .map_err(|e| format!("cannot print the configuration: {e}")),
@@ -453,64 +404,5 @@ fn print_response(r: &Response, json: bool) -> Result<(), String> {
     match &r.error {
         Some(e) => Err(e.clone()),
         None => Ok(()),
-    }
-}
-
-async fn bench(what: BenchCommand) -> Result<(), String> {
-    use mta_sts_agent::bench::{loadgen, null_server};
-    match what {
-        BenchCommand::Null { listen } => {
-            let l = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            eprintln!("constant-reply socketmap server on {listen}");
-            null_server::serve(l).await.map_err(|e| e.to_string())
-        }
-        BenchCommand::Load {
-            target,
-            map,
-            domains,
-            domain,
-            connections,
-            duration,
-            requests,
-            rate,
-            timeout,
-            pid,
-            json,
-        } => {
-            let mut list = domain;
-            if let Some(path) = domains {
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                list.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        .map(String::from),
-                );
-            }
-            let opts = loadgen::LoadOptions {
-                target,
-                map,
-                domains: list,
-                connections,
-                duration,
-                requests,
-                rate,
-                timeout,
-                pid,
-            };
-            let report = tokio::task::spawn_blocking(move || loadgen::run(opts))
-                .await
-                .map_err(|e| format!("load generator failed: {e}"))??;
-            if json {
-                let text = serde_json::to_string(&report).map_err(|e| e.to_string())?;
-                println!("{text}");
-            } else {
-                println!("{}", report.one_line());
-            }
-            Ok(())
-        }
     }
 }

@@ -38,8 +38,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 say "building mta-sts-agent (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin mta-sts-agent --example bench_fixtures)
+(cd "$ROOT" && cargo build --release --quiet --bin mta-sts-agent --bin mta-sts-bench --example bench_fixtures)
 AGENT="$ROOT/target/release/mta-sts-agent"
+BENCH="$ROOT/target/release/mta-sts-bench"
 FIXTURES="$ROOT/target/release/examples/bench_fixtures"
 
 rm -rf "$WORK/state" "$WORK"/*.log
@@ -100,12 +101,12 @@ ip netns exec "$NS" env RUST_LOG=warn "$AGENT" --config "$WORK/agent.toml" serve
 OURS_PID=$!; PIDS+=($OURS_PID)
 ip netns exec "$NS" "$WORK/venv/bin/mta-sts-daemon" -c "$WORK/anchor.yml" -v warn 2>"$WORK/anchor.log" &
 ANCHOR_PID=$!; PIDS+=($ANCHOR_PID)
-ip netns exec "$NS" "$AGENT" bench null --listen "127.0.0.1:$NULL_PORT" 2>/dev/null &
+ip netns exec "$NS" "$BENCH" null --listen "127.0.0.1:$NULL_PORT" 2>/dev/null &
 PIDS+=($!)
 wait_port $OURS_PORT && wait_port $ANCHOR_PORT && wait_port $NULL_PORT || { echo "a daemon did not start" >&2; exit 1; }
 
 # load PORT ARGS… → one JSON report
-load() { local port=$1; shift; in_ns "$AGENT" bench load --target "127.0.0.1:$port" --json "$@"; }
+load() { local port=$1; shift; in_ns "$BENCH" load --target "127.0.0.1:$port" --json "$@"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 herd_fetches() { awk '/^herd/ {print $2}' "$WORK/fixture-stats"; }
 # Queries the fixture DNS has received: all, and those with the DO bit.

@@ -30,6 +30,10 @@ use std::net::Ipv6Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::smtp::status::{
+    BAD_ADDRESS_SYNTAX, INVALID_ARGUMENTS, INVALID_COMMAND, NON_ASCII_ADDRESS, SYNTAX_ERROR,
+};
+
 pub use crate::limits::{MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH};
 
 /// One SMTP command, as received from a client.
@@ -267,19 +271,19 @@ impl fmt::Display for CommandError {
 impl std::error::Error for CommandError {}
 
 fn empty_command() -> CommandError {
-    CommandError::new(500, "5.5.2", "Syntax error, empty command")
+    CommandError::new(500, SYNTAX_ERROR, "Syntax error, empty command")
 }
 
 fn unrecognized() -> CommandError {
-    CommandError::new(500, "5.5.1", "Command unrecognized")
+    CommandError::new(500, INVALID_COMMAND, "Command unrecognized")
 }
 
 fn bad_address(detail: &str) -> CommandError {
-    CommandError::new(501, "5.1.3", detail)
+    CommandError::new(501, BAD_ADDRESS_SYNTAX, detail)
 }
 
 fn usage(text: &str) -> CommandError {
-    CommandError::new(501, "5.5.4", text)
+    CommandError::new(501, INVALID_ARGUMENTS, text)
 }
 
 const MAIL_USAGE: &str = "Syntax: MAIL FROM:<address>";
@@ -300,11 +304,11 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     // RFC 6531 §3.3 only ever adds UTF-8 to SMTP, never other encodings, so
     // anything that is not UTF-8 cannot be a valid command in any session.
     let line = std::str::from_utf8(line)
-        .map_err(|_| CommandError::new(500, "5.5.2", "Syntax error, invalid UTF-8"))?;
+        .map_err(|_| CommandError::new(500, SYNTAX_ERROR, "Syntax error, invalid UTF-8"))?;
     if line.bytes().any(is_forbidden_control) {
         return Err(CommandError::new(
             500,
-            "5.5.2",
+            SYNTAX_ERROR,
             "Syntax error, control character in command",
         ));
     }
@@ -317,7 +321,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         None => (line, ""),
     };
     if verb.is_empty() {
-        return Err(CommandError::new(500, "5.5.2", "Syntax error"));
+        return Err(CommandError::new(500, SYNTAX_ERROR, "Syntax error"));
     }
     // No verb is longer than STARTTLS; bailing out early avoids upper-casing
     // an arbitrarily long token.
@@ -430,7 +434,7 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
                 } else if value.eq_ignore_ascii_case("BINARYMIME") {
                     return Err(CommandError::new(
                         555,
-                        "5.5.4",
+                        INVALID_ARGUMENTS,
                         "BODY=BINARYMIME not supported",
                     ));
                 } else {
@@ -487,7 +491,7 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
     if !params.smtputf8 && !is_ascii_path(from) {
         return Err(CommandError::new(
             553,
-            "5.6.7",
+            NON_ASCII_ADDRESS,
             "Non-ASCII address requires SMTPUTF8",
         ));
     }
@@ -570,7 +574,7 @@ fn parse_auth(args: &str) -> Result<Command, CommandError> {
         if !is_base64_response(initial) {
             return Err(CommandError::new(
                 501,
-                "5.5.2",
+                SYNTAX_ERROR,
                 "Cannot Base64-decode initial response",
             ));
         }
@@ -606,7 +610,7 @@ fn is_base64_response(s: &str) -> bool {
 }
 
 fn unsupported_parameter() -> CommandError {
-    CommandError::new(555, "5.5.4", "Unsupported parameter")
+    CommandError::new(555, INVALID_ARGUMENTS, "Unsupported parameter")
 }
 
 /// A parameter given twice is ambiguous (which one applies?), so it is a

@@ -19,8 +19,14 @@
 //! 8BITMIME (a non-ASCII sender, recipient, reason or original header); the
 //! top-level `Content-Transfer-Encoding` then says `8bit` so the queue can
 //! tell.  The `message/delivery-status` part itself is always 7-bit ASCII.
+//!
+//! The multipart layout and the boundary that no part can contain come
+//! from [`crate::smtp::mime`], which the mailed TLS-RPT reports share; this
+//! module writes what goes inside the parts and the top-level fields.
 
-use std::fmt::Write as _;
+use crate::smtp::date;
+use crate::smtp::mime::{Multipart, Part};
+use crate::smtp::status::{is_status_code, EXPIRED, OK, PERM_OTHER};
 
 /// One recipient the message could not be delivered to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +137,6 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     let text_8bit = !text.is_ascii();
     let headers_8bit = !headers.is_ascii();
 
-    let mut parts: Vec<u8> = Vec::with_capacity(text.len() + status.len() + headers.len() + 512);
     let part_heads: [String; 3] = [
         format!(
             "Content-Description: Notification\r\n\
@@ -163,31 +168,22 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
         ),
     ];
     let bodies: [&[u8]; 3] = [text.as_bytes(), status.as_bytes(), &headers];
-
-    // The boundary is chosen after the parts exist so we can check it against
-    // everything that will sit between delimiters (RFC 2046 §5.1.1: it must
-    // not occur in any encapsulated part).  The whole original is checked too
-    // so the choice stays safe should the full message ever be attached.
-    let boundary = pick_boundary(&qid, b.now, |cand| {
-        let needle = cand.as_bytes();
-        contains(b.original, needle)
-            || bodies.iter().any(|body| contains(body, needle))
-            || part_heads.iter().any(|h| contains(h.as_bytes(), needle))
-    });
-
-    for (head, body) in part_heads.iter().zip(bodies.iter()) {
-        // RFC 2046 §5.1.1: the CRLF before "--" belongs to the delimiter, so
-        // each body's own final CRLF survives.
-        parts.extend_from_slice(b"\r\n--");
-        parts.extend_from_slice(boundary.as_bytes());
-        parts.extend_from_slice(b"\r\n");
-        parts.extend_from_slice(head.as_bytes());
-        parts.extend_from_slice(b"\r\n");
-        parts.extend_from_slice(body);
-    }
-    parts.extend_from_slice(b"\r\n--");
-    parts.extend_from_slice(boundary.as_bytes());
-    parts.extend_from_slice(b"--\r\n");
+    let parts: Vec<Part<'_>> = part_heads
+        .iter()
+        .zip(bodies)
+        .map(|(head, body)| Part {
+            headers: head,
+            body,
+        })
+        .collect();
+    // The whole original is checked too, not only what is attached, so the
+    // choice stays safe should the full message ever be attached.
+    let multipart = Multipart::new(
+        &boundary_candidate(&qid, b.now),
+        "This is a MIME-encapsulated message.",
+        &parts,
+        &[b.original],
+    );
 
     let mut top = String::with_capacity(1024);
     push_field(
@@ -212,7 +208,7 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
             Notice::Relayed => "Successful Mail Delivery Report (relayed)",
         },
     );
-    push_field(&mut top, "Date", &rfc5322_date(b.now));
+    push_field(&mut top, "Date", &date::rfc5322(b.now));
     // RFC 5322 §3.6.4: id-left is dot-atom-text, which `token` guarantees.
     push_field(
         &mut top,
@@ -222,10 +218,7 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
     // RFC 3834 §5: marks the bounce as automatic so responders stay quiet.
     push_field(&mut top, "Auto-Submitted", "auto-replied");
     push_field(&mut top, "MIME-Version", "1.0");
-    // RFC 6522 §3: report-type is mandatory; the boundary is quoted because
-    // it contains "=", a tspecial (RFC 2045 §5.1).
-    top.push_str("Content-Type: multipart/report; report-type=delivery-status;\r\n");
-    let _ = write!(top, "\tboundary=\"{boundary}\"\r\n");
+    top.push_str(&multipart.report_content_type("delivery-status"));
     // RFC 2045 §6.4: a multipart must declare 8bit when any part is 8bit.
     push_field(
         &mut top,
@@ -237,76 +230,11 @@ pub fn build(b: &Bounce<'_>) -> Vec<u8> {
         },
     );
     top.push_str("\r\n");
-    // Preamble for readers without MIME support (RFC 2046 §5.1.1).
-    top.push_str("This is a MIME-encapsulated message.\r\n");
 
     let mut out = top.into_bytes();
-    out.extend_from_slice(&parts);
+    out.reserve(text.len() + status.len() + headers.len() + 512);
+    multipart.write_body(&mut out);
     out
-}
-
-/// RFC 5322 date-time for unix seconds, in UTC:
-/// `"Wed, 30 Dec 2026 04:49:06 +0000"` for 1798606146.
-#[must_use]
-pub fn rfc5322_date(unix: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    // 1970-01-01 was a Thursday, hence the table starts there.
-    let weekday = DAYS
-        .get(usize::try_from(days % 7).unwrap_or(0))
-        .copied()
-        .unwrap_or("Thu");
-    let month = MONTHS
-        .get(usize::try_from(month.saturating_sub(1)).unwrap_or(0))
-        .copied()
-        .unwrap_or("Jan");
-    format!(
-        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} +0000",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-/// The enhanced status code (class.subject.detail) at the start of an SMTP
-/// reply text such as "5.1.1 no such user", if any.
-#[must_use]
-pub fn enhanced_status(reply_text: &str) -> Option<String> {
-    let code = reply_text.split_ascii_whitespace().next()?;
-    is_status_code(code).then(|| code.to_string())
-}
-
-// RFC 3463 §2: class is 2, 4 or 5; subject and detail are 1 to 3 digits.
-fn is_status_code(code: &str) -> bool {
-    let mut it = code.split('.');
-    let (Some(class), Some(subject), Some(detail), None) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
-        return false;
-    };
-    let digits = |s: &str| (1..=3).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit());
-    matches!(class, "2" | "4" | "5") && digits(subject) && digits(detail)
-}
-
-// Howard Hinnant's days-to-civil algorithm for the proleptic Gregorian
-// calendar; u64 input keeps everything non-negative, and the arithmetic
-// cannot overflow because u64::MAX / 86400 days is far below u64 range.
-pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// A message that can go back whole inside `message/rfc822`: small
@@ -341,7 +269,7 @@ fn text_part(b: &Bounce<'_>, host: &str, full: bool) -> String {
         Notice::Delay { until } => format!(
             "Your message has not yet been delivered to the recipients listed below. \
              It is still queued and will be retried until {}; you do not need to send it again.",
-            rfc5322_date(until)
+            date::rfc5322(until)
         ),
         Notice::Relayed => {
             "Your message was handed on to the recipients' mail servers listed below. \
@@ -355,7 +283,7 @@ fn text_part(b: &Bounce<'_>, host: &str, full: bool) -> String {
         &mut t,
         &format!(
             "The message arrived on {} with queue ID {}; {} attached.",
-            rfc5322_date(b.arrival),
+            date::rfc5322(b.arrival),
             token(b.queue_id, 64),
             if full { "it is" } else { "its headers are" }
         ),
@@ -401,8 +329,8 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
     // §2.2.2: Reporting-MTA is required and names us by DNS name.
     push_field(&mut s, "Reporting-MTA", &format!("dns; {host}"));
     // §2.2.5
-    push_field(&mut s, "Arrival-Date", &rfc5322_date(b.arrival));
-    let now = rfc5322_date(b.now);
+    push_field(&mut s, "Arrival-Date", &date::rfc5322(b.arrival));
+    let now = date::rfc5322(b.now);
     for r in b.recipients {
         s.push_str("\r\n");
         // §2.3.1: from ORCPT, address type and address as the sender gave
@@ -430,14 +358,14 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
         let status = r.status.trim();
         let status = if r.relayed || b.notice == Notice::Relayed {
             // RFC 3463 §3.1: X.0.0, success with nothing more to say.
-            "2.0.0"
+            OK
         } else if is_status_code(status) {
             status
         } else if b.expired {
             // RFC 3463 §3.5: X.4.7 "delivery time expired".
-            "4.4.7"
+            EXPIRED
         } else {
-            "5.0.0"
+            PERM_OTHER
         };
         push_field(&mut s, "Status", status);
         if let Some(h) = r.remote_mta.as_deref().and_then(remote_host) {
@@ -457,7 +385,7 @@ fn status_part(b: &Bounce<'_>, host: &str) -> String {
         push_field(&mut s, "Last-Attempt-Date", &now);
         // §2.3.8
         if let Notice::Delay { until } = b.notice {
-            push_field(&mut s, "Will-Retry-Until", &rfc5322_date(until));
+            push_field(&mut s, "Will-Retry-Until", &date::rfc5322(until));
         }
     }
     s
@@ -616,28 +544,6 @@ fn boundary_candidate(qid: &str, now: u64) -> String {
     format!("=_dsn_{id}_{now}")
 }
 
-// Tries the candidate and then numbered variants until `taken` rejects none.
-// It terminates: the checked content is finite, and each occurrence can block
-// only the handful of variants whose suffix digits follow it.
-fn pick_boundary(qid: &str, now: u64, taken: impl Fn(&str) -> bool) -> String {
-    let base = boundary_candidate(qid, now);
-    if !taken(&base) {
-        return base;
-    }
-    let mut n: u64 = 1;
-    loop {
-        let cand = format!("{base}_{n}");
-        if !taken(&cand) {
-            return cand;
-        }
-        n = n.saturating_add(1);
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
-}
-
 // Splits at most `max` bytes off the front of `s` on a char boundary, always
 // taking at least one character so callers make progress.
 fn split_at_most(s: &str, max: usize) -> (&str, &str) {
@@ -730,6 +636,7 @@ fn push_wrapped(out: &mut String, text: &str, first: &str, rest_prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::mime::contains;
 
     fn rcpt(
         address: &str,
@@ -1242,45 +1149,5 @@ Body: not a header\r\n";
         let invalid = [0xff_u8, 0xfe, b'\n', 0x80, b'\r', b'\n', b'\r', b'\n', b'x'];
         let r = sample();
         assert_lines_ok(&build(&bounce(&r, &invalid)));
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_798_606_146),
-            "Wed, 30 Dec 2026 04:49:06 +0000"
-        );
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_709_164_800),
-            "Thu, 29 Feb 2024 00:00:00 +0000"
-        );
-        assert_eq!(rfc5322_date(951_868_799), "Tue, 29 Feb 2000 23:59:59 +0000");
-        assert_eq!(rfc5322_date(951_868_800), "Wed, 01 Mar 2000 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(4_102_444_799),
-            "Thu, 31 Dec 2099 23:59:59 +0000"
-        );
-        assert!(rfc5322_date(u64::MAX).ends_with(" +0000"));
-    }
-
-    #[test]
-    fn enhanced_status_codes() {
-        assert_eq!(enhanced_status("5.1.1 x").as_deref(), Some("5.1.1"));
-        assert_eq!(enhanced_status("4.7.0").as_deref(), Some("4.7.0"));
-        assert_eq!(
-            enhanced_status("5.7.26 unauthenticated").as_deref(),
-            Some("5.7.26")
-        );
-        assert_eq!(enhanced_status("2.0.0 ok").as_deref(), Some("2.0.0"));
-        assert_eq!(enhanced_status("250 ok"), None);
-        assert_eq!(enhanced_status("5.1"), None);
-        assert_eq!(enhanced_status("6.1.1 x"), None);
-        assert_eq!(enhanced_status("5.1234.1 x"), None);
-        assert_eq!(enhanced_status("5.1.1.1 x"), None);
-        assert_eq!(enhanced_status("5..1 x"), None);
-        assert_eq!(enhanced_status("5.1.1, x"), None);
-        assert_eq!(enhanced_status(""), None);
     }
 }

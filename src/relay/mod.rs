@@ -42,8 +42,11 @@ pub fn hostname(config: &Config) -> String {
     if let Some(h) = &config.relay.hostname {
         return h.clone();
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    // gethostname(2) is what /proc/sys/kernel/hostname shows, without
+    // needing /proc mounted (a chroot, a minimal container).
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|h| h.into_string().ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
@@ -114,5 +117,25 @@ impl Relay {
         server::serve(listeners, self.shared, shutdown).await;
         let _ = runner.await;
         let _ = reports.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_is_the_configured_one_else_the_kernels() {
+        let mut config = Config::default();
+        // The name the kernel shows in /proc is the one gethostname(2)
+        // returns; where /proc is not mounted there is nothing to compare.
+        if let Ok(proc) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let want = Some(proc.trim())
+                .filter(|h| !h.is_empty())
+                .unwrap_or("localhost");
+            assert_eq!(hostname(&config), want);
+        }
+        config.relay.hostname = Some("relay.example.test".into());
+        assert_eq!(hostname(&config), "relay.example.test");
     }
 }

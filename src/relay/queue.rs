@@ -20,6 +20,7 @@ use super::deliver::{retry_delay, Deliverer, Job, RcptResult};
 use super::dsn::{self, Bounce, FailedRecipient, Notice};
 use super::spool::{summary, Envelope, LoadError, RcptStatus, Spool, Spooled};
 use crate::config::RelayConfig;
+use crate::smtp::status::{EXPIRED, OK, PERM_OTHER};
 use crate::store::unix_now;
 
 /// The domain part of a recipient, as the queue groups deliveries by it.
@@ -514,7 +515,7 @@ impl Queue {
                                     "undeliverable for the queue lifetime ({lifetime}); last error: {last}"
                                 )));
                                 if !st.code.as_deref().is_some_and(|c| c.starts_with('4')) {
-                                    st.code = Some("4.4.7".to_string());
+                                    st.code = Some(EXPIRED.to_string());
                                 }
                             }
                         }
@@ -712,7 +713,7 @@ impl Queue {
             let mx = st.mx.clone().unwrap_or_default();
             return FailedRecipient {
                 address: addr.to_string(),
-                status: "2.0.0".to_string(),
+                status: OK.to_string(),
                 remote_mta: st.mx.clone(),
                 diagnostic: st.reply.clone(),
                 reason: format!(
@@ -724,7 +725,7 @@ impl Queue {
         }
         FailedRecipient {
             address: addr.to_string(),
-            status: st.code.clone().unwrap_or_else(|| "5.0.0".to_string()),
+            status: st.code.clone().unwrap_or_else(|| PERM_OTHER.to_string()),
             remote_mta: st.mx.clone(),
             diagnostic: st.reply.clone(),
             reason: st.reason.clone().unwrap_or_default(),
@@ -835,7 +836,7 @@ impl Queue {
                 let mut r = self.reported(&msg, i, addr, st);
                 // RFC 3463 §3.5 X.4.7: the time this has been waiting.
                 if !r.status.starts_with('4') {
-                    r.status = "4.4.7".to_string();
+                    r.status = EXPIRED.to_string();
                 }
                 Some(r)
             })

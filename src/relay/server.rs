@@ -15,6 +15,7 @@ use super::client_limit::ClientLimit;
 use super::context::RelayContext;
 use super::session::Session;
 use crate::config::RelayConfig;
+use crate::smtp::status::{NOT_AUTHORIZED, TEMP_SECURITY};
 
 /// Binds every `relay.listen` address (before privileges are dropped).
 pub async fn bind(cfg: &RelayConfig) -> Result<Vec<TcpListener>, String> {
@@ -106,9 +107,13 @@ pub async fn serve(
 }
 
 /// Says `reply` and hangs up, never waiting more than two seconds.
-fn turn_away(sessions: &mut JoinSet<()>, mut tcp: TcpStream, reply: &'static [u8]) {
+fn turn_away(sessions: &mut JoinSet<()>, mut tcp: TcpStream, reply: String) {
     sessions.spawn(async move {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.write_all(reply)).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tcp.write_all(reply.as_bytes()),
+        )
+        .await;
     });
 }
 
@@ -149,7 +154,11 @@ async fn accept_loop(
                         drop(permit);
                     });
                 }
-                Err(_) => turn_away(&mut sessions, tcp, b"554 5.7.1 relay access denied\r\n"),
+                Err(_) => turn_away(
+                    &mut sessions,
+                    tcp,
+                    format!("554 {NOT_AUTHORIZED} relay access denied\r\n"),
+                ),
             }
             continue;
         }
@@ -158,7 +167,7 @@ async fn accept_loop(
             turn_away(
                 &mut sessions,
                 tcp,
-                b"421 4.7.0 Too many connections from your address, try again later\r\n",
+                format!("421 {TEMP_SECURITY} Too many connections from your address, try again later\r\n"),
             );
             continue;
         };
@@ -170,7 +179,7 @@ async fn accept_loop(
                 turn_away(
                     &mut sessions,
                     tcp,
-                    b"421 4.7.0 Too many connections, try again later\r\n",
+                    format!("421 {TEMP_SECURITY} Too many connections, try again later\r\n"),
                 );
                 continue;
             };
@@ -181,7 +190,7 @@ async fn accept_loop(
             turn_away(
                 &mut sessions,
                 tcp,
-                b"421 4.7.0 Too many connections, try again later\r\n",
+                format!("421 {TEMP_SECURITY} Too many connections, try again later\r\n"),
             );
             continue;
         };

@@ -39,6 +39,12 @@ use super::context::RelayContext;
 use super::spool::Envelope;
 use super::spool_limits::EnvelopeBudget;
 use crate::smtp::data::DataDecoder;
+use crate::smtp::status::{
+    AUTH_INVALID, BAD_CONNECTION, BAD_MAILBOX, BAD_SYSTEM, DESTINATION_OK,
+    ENCRYPTION_REQUIRED_FOR_MECHANISM, INVALID_ARGUMENTS, INVALID_COMMAND, MESSAGE_TOO_BIG,
+    NON_ASCII_ADDRESS, NOT_AUTHORIZED, OK, PERM_ENCRYPTION_NEEDED, PERM_SECURITY, SECURITY_OK,
+    SENDER_OK, SYNTAX_ERROR, TEMP_MAIL_SYSTEM, TEMP_SECURITY, TOO_MANY_RECIPIENTS,
+};
 use crate::store::unix_now;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 gives 512; the
@@ -250,7 +256,7 @@ impl Session {
             match self.next_command().await {
                 Ok(()) => {}
                 Err(End::Quit) => {
-                    let _ = self.reply("221 2.0.0 Bye").await;
+                    let _ = self.reply(&format!("221 {OK} Bye")).await;
                     break;
                 }
                 Err(End::Hangup) => break,
@@ -273,17 +279,21 @@ impl Session {
     /// and then only QUIT; we hang up after a few commands.
     async fn refuse(&mut self, host: &str) -> Step {
         let deadline = Instant::now() + REFUSED_DEADLINE.min(self.shared.cfg.command_timeout);
-        self.reply(&format!("554 5.7.1 {host} relay access denied"))
+        self.reply(&format!("554 {NOT_AUTHORIZED} {host} relay access denied"))
             .await?;
         for _ in 0..10 {
             match self.read_line(MAX_COMMAND_LINE, deadline).await {
                 Line::Done { bytes } => {
                     if bytes.eq_ignore_ascii_case(b"QUIT") {
-                        return self.reply("221 2.0.0 Bye").await;
+                        return self.reply(&format!("221 {OK} Bye")).await;
                     }
-                    self.reply("503 5.7.1 relay access denied").await?;
+                    self.reply(&format!("503 {NOT_AUTHORIZED} relay access denied"))
+                        .await?;
                 }
-                Line::TooLong => self.reply("500 5.5.2 Line too long").await?,
+                Line::TooLong => {
+                    self.reply(&format!("500 {SYNTAX_ERROR} Line too long"))
+                        .await?
+                }
                 Line::Closed | Line::TimedOut => return Ok(()),
             }
         }
@@ -294,7 +304,9 @@ impl Session {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
             tracing::warn!(peer = %self.peer, "too many errors; closing the session");
-            let _ = self.reply("421 4.7.0 Too many errors, closing").await;
+            let _ = self
+                .reply(&format!("421 {TEMP_SECURITY} Too many errors, closing"))
+                .await;
             return Err(End::Hangup);
         }
         self.reply(reply).await
@@ -304,17 +316,25 @@ impl Session {
         let deadline = self.command_deadline();
         let line = match self.read_line(MAX_COMMAND_LINE, deadline).await {
             Line::Done { bytes } => bytes,
-            Line::TooLong => return self.error("500 5.5.2 Line too long").await,
+            Line::TooLong => {
+                return self
+                    .error(&format!("500 {SYNTAX_ERROR} Line too long"))
+                    .await
+            }
             Line::Closed => return Err(End::Hangup),
             Line::TimedOut => {
                 tracing::info!(peer = %self.peer, timeout = ?self.shared.cfg.command_timeout, "no complete command line within relay.command_timeout; closing");
-                let _ = self.reply("421 4.4.2 Timeout, closing").await;
+                let _ = self
+                    .reply(&format!("421 {BAD_CONNECTION} Timeout, closing"))
+                    .await;
                 return Err(End::Hangup);
             }
         };
         self.commands += 1;
         if self.commands > self.shared.cfg.max_commands {
-            let _ = self.reply("421 4.7.0 Too many commands, closing").await;
+            let _ = self
+                .reply(&format!("421 {TEMP_SECURITY} Too many commands, closing"))
+                .await;
             return Err(End::Hangup);
         }
         let cmd = match command::parse(&line) {
@@ -332,13 +352,14 @@ impl Session {
             Command::Data => self.data().await,
             Command::Rset => {
                 self.tx = None;
-                self.reply("250 2.0.0 Ok").await
+                self.reply(&format!("250 {OK} Ok")).await
             }
-            Command::Noop => self.reply("250 2.0.0 Ok").await,
+            Command::Noop => self.reply(&format!("250 {OK} Ok")).await,
             Command::Quit => Err(End::Quit),
-            Command::Help => self.reply("214 2.0.0 See RFC 5321").await,
+            Command::Help => self.reply(&format!("214 {OK} See RFC 5321")).await,
             Command::Vrfy | Command::Expn => {
-                self.error("502 5.5.1 VRFY and EXPN are disabled").await
+                self.error(&format!("502 {INVALID_COMMAND} VRFY and EXPN are disabled"))
+                    .await
             }
             Command::StartTls => self.starttls().await,
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await,
@@ -386,12 +407,16 @@ impl Session {
 
     async fn starttls(&mut self) -> Step {
         let Some(acceptor) = self.shared.tls.clone() else {
-            return self.error("502 5.5.1 STARTTLS not available").await;
+            return self
+                .error(&format!("502 {INVALID_COMMAND} STARTTLS not available"))
+                .await;
         };
         if self.tls {
-            return self.error("503 5.5.1 TLS already active").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} TLS already active"))
+                .await;
         }
-        self.reply("220 2.0.0 Ready to start TLS").await?;
+        self.reply(&format!("220 {OK} Ready to start TLS")).await?;
         // RFC 3207 §4.2: anything pipelined after STARTTLS is discarded,
         // never read as if it came over TLS.
         self.buf.clear();
@@ -430,19 +455,25 @@ impl Session {
 
     async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Step {
         let Some(users) = self.shared.users.clone() else {
-            return self.error("502 5.5.1 AUTH not available").await;
+            return self
+                .error(&format!("502 {INVALID_COMMAND} AUTH not available"))
+                .await;
         };
         if !self.tls {
             return self
-                .error("538 5.7.11 Encryption required for requested authentication mechanism")
+                .error(&format!("538 {ENCRYPTION_REQUIRED_FOR_MECHANISM} Encryption required for requested authentication mechanism"))
                 .await;
         }
         if self.user.is_some() {
-            return self.error("503 5.5.1 Already authenticated").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} Already authenticated"))
+                .await;
         }
         if self.tx.is_some() {
             return self
-                .error("503 5.5.1 AUTH not permitted during a mail transaction")
+                .error(&format!(
+                    "503 {INVALID_COMMAND} AUTH not permitted during a mail transaction"
+                ))
                 .await;
         }
         // Checked before any credential is read or any PBKDF2 run: an
@@ -450,10 +481,12 @@ impl Session {
         if let Err(wait) = self.shared.auth.check(self.peer.ip()) {
             tracing::warn!(peer = %self.peer, wait = ?wait, "AUTH refused: too many failures from this address (relay.auth_max_failures)");
             return self
-                .error("454 4.7.0 Too many failed authentications, try again later")
+                .error(&format!(
+                    "454 {TEMP_SECURITY} Too many failed authentications, try again later"
+                ))
                 .await;
         }
-        let cancelled = "501 5.7.0 Authentication cancelled";
+        let cancelled = &format!("501 {PERM_SECURITY} Authentication cancelled");
         let (user, password) = match mechanism.as_str() {
             "PLAIN" => {
                 let response = match initial {
@@ -469,7 +502,11 @@ impl Session {
                 };
                 match super::auth::decode_plain(&response) {
                     Some(up) => up,
-                    None => return self.error("501 5.5.2 Cannot decode the response").await,
+                    None => {
+                        return self
+                            .error(&format!("501 {SYNTAX_ERROR} Cannot decode the response"))
+                            .await
+                    }
                 }
             }
             "LOGIN" => {
@@ -493,12 +530,18 @@ impl Session {
                 let user = super::auth::decode_b64(&user).and_then(|u| String::from_utf8(u).ok());
                 match (user, super::auth::decode_b64(&pass)) {
                     (Some(u), Some(p)) => (u, p),
-                    _ => return self.error("501 5.5.2 Cannot decode the response").await,
+                    _ => {
+                        return self
+                            .error(&format!("501 {SYNTAX_ERROR} Cannot decode the response"))
+                            .await
+                    }
                 }
             }
             _ => {
                 return self
-                    .error("504 5.5.4 Unrecognized authentication type")
+                    .error(&format!(
+                        "504 {INVALID_ARGUMENTS} Unrecognized authentication type"
+                    ))
                     .await
             }
         };
@@ -512,41 +555,56 @@ impl Session {
         let Some(ok) = checked else {
             tracing::warn!(peer = %self.peer, user = %name, "AUTH not checked: every password check slot stayed busy (relay.auth_max_parallel)");
             return self
-                .error("454 4.7.0 Temporary authentication failure, try again later")
+                .error(&format!(
+                    "454 {TEMP_SECURITY} Temporary authentication failure, try again later"
+                ))
                 .await;
         };
         if ok {
             tracing::info!(peer = %self.peer, user = %name, "client authenticated");
             self.user = Some(name);
-            self.reply("235 2.7.0 Authentication successful").await
+            self.reply(&format!("235 {SECURITY_OK} Authentication successful"))
+                .await
         } else {
             tracing::warn!(peer = %self.peer, user = %name, "authentication failed");
             self.shared.auth.failed(self.peer.ip());
             // Slows password guessing; the error limit ends the session.
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            self.error("535 5.7.8 Authentication credentials invalid")
-                .await
+            self.error(&format!(
+                "535 {AUTH_INVALID} Authentication credentials invalid"
+            ))
+            .await
         }
     }
 
     async fn mail(&mut self, from: String, params: MailParams) -> Step {
         if self.helo.is_none() {
-            return self.error("503 5.5.1 Send EHLO or HELO first").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} Send EHLO or HELO first"))
+                .await;
         }
         if !self.allowed && self.user.is_none() {
-            return self.error("530 5.7.0 Authentication required").await;
+            return self
+                .error(&format!("530 {PERM_SECURITY} Authentication required"))
+                .await;
         }
         if self.tx.is_some() {
-            return self.error("503 5.5.1 Nested MAIL command").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} Nested MAIL command"))
+                .await;
         }
         if params.smtputf8 && !self.esmtp {
-            return self.error("503 5.5.1 SMTPUTF8 needs EHLO").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} SMTPUTF8 needs EHLO"))
+                .await;
         }
         // RFC 8689 §2 offers REQUIRETLS only after STARTTLS; RFC 3207 §4
         // names 530 for "STARTTLS first", and 5.7.10 is "encryption needed".
         if params.requiretls && !self.tls {
             return self
-                .error("530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first")
+                .error(&format!(
+                    "530 {PERM_ENCRYPTION_NEEDED} REQUIRETLS needs a TLS session: STARTTLS first"
+                ))
                 .await;
         }
         if params
@@ -554,7 +612,9 @@ impl Session {
             .is_some_and(|s| s > self.shared.cfg.max_message_size)
         {
             return self
-                .reply("552 5.3.4 Message size exceeds fixed limit")
+                .reply(&format!(
+                    "552 {MESSAGE_TOO_BIG} Message size exceeds fixed limit"
+                ))
                 .await;
         }
         self.tx = Some(Transaction {
@@ -564,49 +624,63 @@ impl Session {
             rcpts: Vec::new(),
             rcpt_params: Vec::new(),
         });
-        self.reply("250 2.1.0 Ok").await
+        self.reply(&format!("250 {SENDER_OK} Ok")).await
     }
 
     async fn rcpt(&mut self, to: String, params: RcptParams) -> Step {
         let max = self.shared.cfg.max_recipients;
         let Some(tx) = &self.tx else {
-            return self.error("503 5.5.1 Need MAIL before RCPT").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} Need MAIL before RCPT"))
+                .await;
         };
         if !to.is_ascii() && !tx.params.smtputf8 {
             return self
-                .reply("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter")
+                .reply(&format!(
+                    "553 {NON_ASCII_ADDRESS} Non-ASCII address needs the SMTPUTF8 parameter"
+                ))
                 .await;
         }
         if tx.rcpts.len() >= max {
-            return self.reply("452 4.5.3 Too many recipients").await;
+            return self
+                .reply(&format!("452 {TOO_MANY_RECIPIENTS} Too many recipients"))
+                .await;
         }
         let Some((_, domain)) = command::split_mailbox(&to) else {
             // RFC 5321 §4.5.1 postmaster without a domain: we hold no
             // mailboxes, so there is nowhere to deliver it.
             return self
-                .reply("550 5.1.1 This relay has no local mailboxes")
+                .reply(&format!(
+                    "550 {BAD_MAILBOX} This relay has no local mailboxes"
+                ))
                 .await;
         };
         if domain.starts_with('[') {
             return self
-                .reply("550 5.1.2 Address literals are not relayed")
+                .reply(&format!(
+                    "550 {BAD_SYSTEM} Address literals are not relayed"
+                ))
                 .await;
         }
         if crate::policy::normalize_domain(&domain).is_err() || !domain.contains('.') {
-            return self.reply("550 5.1.2 Bad destination domain").await;
+            return self
+                .reply(&format!("550 {BAD_SYSTEM} Bad destination domain"))
+                .await;
         }
         if let Some(tx) = &mut self.tx {
             // An envelope too long to read back after a restart would
             // strand the message: refuse the recipient that does not fit.
             if !tx.budget.add(&to, &params) {
                 return self
-                    .reply("452 4.5.3 Too many recipients for one message")
+                    .reply(&format!(
+                        "452 {TOO_MANY_RECIPIENTS} Too many recipients for one message"
+                    ))
                     .await;
             }
             tx.rcpts.push(to);
             tx.rcpt_params.push(params);
         }
-        self.reply("250 2.1.5 Ok").await
+        self.reply(&format!("250 {DESTINATION_OK} Ok")).await
     }
 
     /// RFC 8689 §4.2.2: `TLS-Required: No` asks that the recipient domain's
@@ -630,10 +704,14 @@ impl Session {
 
     async fn data(&mut self) -> Step {
         let Some(tx) = self.tx.take() else {
-            return self.error("503 5.5.1 Need MAIL command").await;
+            return self
+                .error(&format!("503 {INVALID_COMMAND} Need MAIL command"))
+                .await;
         };
         if tx.rcpts.is_empty() {
-            return self.error("554 5.5.1 No valid recipients").await;
+            return self
+                .error(&format!("554 {INVALID_COMMAND} No valid recipients"))
+                .await;
         }
         let envelope = Envelope {
             id: String::new(),
@@ -660,7 +738,7 @@ impl Session {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot create a spool file");
-                return self.reply(super::spool::refusal(&e)).await;
+                return self.reply(&super::spool::refusal(&e)).await;
             }
         };
         self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
@@ -681,7 +759,7 @@ impl Session {
             self.peer.ip(),
             self.shared.hostname,
             writer.id(),
-            super::dsn::rfc5322_date(unix_now()),
+            crate::smtp::date::rfc5322(unix_now()),
         );
         let max = self.shared.cfg.max_message_size;
         let mut io_error: Option<io::Error> = writer.write(received.as_bytes()).err();
@@ -726,7 +804,11 @@ impl Session {
                         "silent longer than relay.command_timeout during DATA"
                     };
                     tracing::info!(peer = %self.peer, reason = why, "closing the session");
-                    let _ = self.reply("421 4.4.2 Timeout during DATA, closing").await;
+                    let _ = self
+                        .reply(&format!(
+                            "421 {BAD_CONNECTION} Timeout during DATA, closing"
+                        ))
+                        .await;
                     return Err(End::Hangup);
                 }
             }
@@ -737,13 +819,15 @@ impl Session {
         let overlong = decoder.overlong();
         if too_big {
             return self
-                .reply("552 5.3.4 Message size exceeds fixed limit")
+                .reply(&format!(
+                    "552 {MESSAGE_TOO_BIG} Message size exceeds fixed limit"
+                ))
                 .await;
         }
         if overlong {
             return self
                 .error(&format!(
-                    "500 5.5.2 Message has a line longer than {MAX_DATA_LINE} octets"
+                    "500 {SYNTAX_ERROR} Message has a line longer than {MAX_DATA_LINE} octets"
                 ))
                 .await;
         }
@@ -755,7 +839,7 @@ impl Session {
         }
         if let Some(e) = io_error {
             tracing::error!(peer = %self.peer, error = %e, "cannot write to the spool");
-            return self.reply(super::spool::refusal(&e)).await;
+            return self.reply(&super::spool::refusal(&e)).await;
         }
         let committed = tokio::task::spawn_blocking(move || writer.commit()).await;
         match committed {
@@ -770,16 +854,18 @@ impl Session {
                     "message accepted"
                 );
                 self.shared.queue.accept(msg);
-                self.reply(&format!("250 2.0.0 Ok: queued as {id}")).await
+                self.reply(&format!("250 {OK} Ok: queued as {id}")).await
             }
             Ok(Err(e)) => {
                 tracing::error!(peer = %self.peer, error = %e, "cannot commit the message to the spool");
-                self.reply(super::spool::refusal(&e)).await
+                self.reply(&super::spool::refusal(&e)).await
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "spool task failed");
-                self.reply("451 4.3.0 Local error: cannot queue messages now")
-                    .await
+                self.reply(&format!(
+                    "451 {TEMP_MAIL_SYSTEM} Local error: cannot queue messages now"
+                ))
+                .await
             }
         }
     }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{RcptParams, Ret};
 pub use super::spool_limits::{summary, MAX_ENVELOPE, MAX_STATE};
+use crate::smtp::status::{PERM_MAIL_SYSTEM, SYSTEM_FULL, TEMP_MAIL_SYSTEM};
 
 /// Who sent a message to whom, as the client gave it in MAIL and RCPT.
 ///
@@ -193,12 +194,12 @@ pub fn valid_id(id: &str) -> bool {
 /// `e`: nothing was stored, so always a temporary failure. A full disk or
 /// quota is RFC 5321 §4.2.3's `452` "insufficient system storage" (RFC 3463
 /// X.3.1 "mail system full"); anything else a local error.
-pub fn refusal(e: &io::Error) -> &'static str {
+pub fn refusal(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT) => {
-            "452 4.3.1 Insufficient system storage, try again later"
+            format!("452 {SYSTEM_FULL} Insufficient system storage, try again later")
         }
-        _ => "451 4.3.0 Local error: cannot queue messages now",
+        _ => format!("451 {TEMP_MAIL_SYSTEM} Local error: cannot queue messages now"),
     }
 }
 
@@ -475,7 +476,7 @@ impl Spool {
             if st.status == RcptStatus::Pending {
                 st.status = RcptStatus::Failed;
                 st.reason = Some(reason.clone());
-                st.code = Some("5.3.0".to_string());
+                st.code = Some(PERM_MAIL_SYSTEM.to_string());
                 failed += 1;
             }
         }

@@ -10,13 +10,20 @@
 //! The message body, both ways, is pure wire format: [`data`] reads DATA
 //! for the relay's server side, [`dotstuff`] writes it for deliveries; one
 //! line-ending rule for both, so nothing can end a message early.
+//! [`mime`] lays out the multipart reports the relay writes (bounces,
+//! TLS-RPT mails), with a boundary no part contains; [`date`] writes the
+//! dates in them. [`status`] names the enhanced status codes (RFC 3463)
+//! the relay answers and reports with.
 
 pub mod client;
 pub mod data;
+pub mod date;
 pub mod dotstuff;
 pub mod headers;
+pub mod mime;
 pub mod probe;
 pub mod reply;
+pub mod status;
 pub mod xtext;
 
 pub use client::{Ehlo, SmtpConn, SmtpError};

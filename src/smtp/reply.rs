@@ -22,16 +22,6 @@ impl Reply {
         (200..300).contains(&self.code)
     }
 
-    /// 3xx (e.g. 354 after DATA).
-    pub fn is_intermediate(&self) -> bool {
-        (300..400).contains(&self.code)
-    }
-
-    /// 4xx.
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-
     /// 5xx.
     pub fn is_permanent(&self) -> bool {
         self.code >= 500

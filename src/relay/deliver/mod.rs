@@ -34,6 +34,10 @@ use super::spool::Spool;
 use crate::config::RelayConfig;
 use crate::policy::{Mode, ResultType};
 use crate::resolver::{Answer, Failure, NoPolicy, Resolver};
+use crate::smtp::status::{
+    DIRECTORY_FAILURE, NO_ANSWER, PERM_OTHER, REQUIRETLS_NEEDED, TEMP_MAIL_SYSTEM, TEMP_OTHER,
+    TEMP_SECURITY,
+};
 use crate::smtp::Reply;
 use crate::tlsprobe::TlsProber;
 use plan::{Candidate, TlsMode, Verdict};
@@ -110,9 +114,9 @@ impl NoSession {
             reason: reason.into(),
             reply: Some(reply.one_line()),
             code: if reply.is_permanent() {
-                "5.0.0"
+                PERM_OTHER
             } else {
-                "4.0.0"
+                TEMP_OTHER
             },
         }
     }
@@ -236,7 +240,7 @@ impl Deliverer {
                     job,
                     false,
                     format!("policy store unavailable: {e}"),
-                    "4.3.0",
+                    TEMP_MAIL_SYSTEM,
                 ));
             }
             Ok(Answer::Policy(p)) => match p.policy.mode {
@@ -282,7 +286,12 @@ impl Deliverer {
         let hosts = match looked_up {
             Err(e) => {
                 tracing::warn!(queue_id = %job.queue_id, domain = %job.domain, error = %e, "MX lookup failed; delivery deferred");
-                return for_all(job, false, format!("MX lookup failed: {e}"), "4.4.3");
+                return for_all(
+                    job,
+                    false,
+                    format!("MX lookup failed: {e}"),
+                    DIRECTORY_FAILURE,
+                );
             }
             Ok(answer) => match plan::mx_hosts(&job.domain, answer) {
                 Ok(hosts) => hosts,
@@ -367,7 +376,7 @@ impl Deliverer {
         mut failures: Vec<String>,
     ) -> Vec<(usize, RcptResult)> {
         let me = &self.inner;
-        let mut last = NoSession::new("no MX address could be tried", "4.4.1");
+        let mut last = NoSession::new("no MX address could be tried", NO_ANSWER);
         // Sessions tried, and how many of them ended on a missing REQUIRETLS.
         let (mut tried, mut lacked_requiretls) = (0usize, 0usize);
         for Candidate {
@@ -378,7 +387,10 @@ impl Deliverer {
             let addrs = self.addresses(host).await;
             if addrs.is_empty() {
                 failures.push(format!("{host}: no address"));
-                last = NoSession::new(format!("{host}: no IPv4 or IPv6 address"), "4.4.3");
+                last = NoSession::new(
+                    format!("{host}: no IPv4 or IPv6 address"),
+                    DIRECTORY_FAILURE,
+                );
                 continue;
             }
             for ip in addrs {
@@ -387,7 +399,7 @@ impl Deliverer {
                     Attempt::Done(results) => return results,
                     Attempt::Next(why) => {
                         tried += 1;
-                        if why.code == "5.7.30" {
+                        if why.code == REQUIRETLS_NEEDED {
                             lacked_requiretls += 1;
                         }
                         match &why.reply {
@@ -409,7 +421,7 @@ impl Deliverer {
                 job,
                 true,
                 format!("REQUIRETLS: {}", failures.join("; ")),
-                "5.7.30",
+                REQUIRETLS_NEEDED,
             );
         }
         let reason = match mode {
@@ -464,13 +476,13 @@ impl Deliverer {
                 // Opportunistic and testing deliveries retry in plaintext
                 // after a failed handshake, as Postfix does; enforce never.
                 if mode.strict() {
-                    return Attempt::Next(NoSession::new(why, "4.7.0"));
+                    return Attempt::Next(NoSession::new(why, TEMP_SECURITY));
                 }
                 match self.open(at, false).await {
                     Opened::Ready(s) => s,
                     Opened::Next(why) => return Attempt::Next(why),
                     Opened::HandshakeFailed(why, _) => {
-                        return Attempt::Next(NoSession::new(why, "4.7.0"))
+                        return Attempt::Next(NoSession::new(why, TEMP_SECURITY))
                     }
                 }
             }

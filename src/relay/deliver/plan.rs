@@ -13,6 +13,9 @@ use crate::dane::{host_rule, hosts_to_try, DomainDane, HostRule};
 use crate::dns::{Answer as DnsAnswer, MxRecord, TlsaRecord};
 use crate::policy::mx::matches_any;
 use crate::policy::MxHosts;
+use crate::smtp::status::{
+    BAD_SYSTEM, CRYPTO_FAILURE, NULL_MX, PERM_ENCRYPTION_NEEDED, TEMP_ENCRYPTION_NEEDED,
+};
 use crate::store::StoredPolicy;
 
 /// How TLS is applied to one MX host of a delivery.
@@ -121,14 +124,14 @@ pub(super) fn mx_hosts(domain: &str, answer: DnsAnswer<MxRecord>) -> Result<Vec<
         MxHosts::NoDomain => Err(Verdict::new(
             true,
             format!("domain {domain} does not exist"),
-            "5.1.2",
+            BAD_SYSTEM,
         )),
         // RFC 7505 §3: a null MX means the domain accepts no mail, whatever
         // else is listed beside it.
         MxHosts::NullMx { .. } => Err(Verdict::new(
             true,
             format!("domain {domain} accepts no mail (null MX, RFC 7505)"),
-            "5.1.10",
+            NULL_MX,
         )),
         MxHosts::Hosts(hosts) => Ok(hosts),
     }
@@ -253,13 +256,13 @@ pub(super) fn plan(
                         "REQUIRETLS: the MTA-STS policy of {} cannot be had right now; retried",
                         msg.domain
                     ),
-                    "4.7.10",
+                    TEMP_ENCRYPTION_NEEDED,
                 )
             } else {
                 Verdict::new(
                     true,
                     format!("REQUIRETLS: {} has no MTA-STS policy and no DANE-authenticated MX host, so the message cannot be delivered with the TLS its sender required", msg.domain),
-                    "5.7.10",
+                    PERM_ENCRYPTION_NEEDED,
                 )
             };
             return done(events, failures, Err(verdict));
@@ -268,7 +271,11 @@ pub(super) fn plan(
     candidates.truncate(max_mx_hosts);
     if candidates.is_empty() && !failures.is_empty() {
         let reason = format!("no usable MX host: {}", failures.join("; "));
-        return done(events, failures, Err(Verdict::new(false, reason, "4.7.5")));
+        return done(
+            events,
+            failures,
+            Err(Verdict::new(false, reason, CRYPTO_FAILURE)),
+        );
     }
     if candidates.is_empty() {
         let policy_id = mode.policy().map(|p| p.id.as_str()).unwrap_or("");
@@ -276,7 +283,11 @@ pub(super) fn plan(
             "no MX host of {} is allowed by its MTA-STS policy (enforce, id {policy_id}); mail is held until the MX records or the policy change",
             msg.domain
         );
-        return done(events, failures, Err(Verdict::new(false, reason, "4.7.5")));
+        return done(
+            events,
+            failures,
+            Err(Verdict::new(false, reason, CRYPTO_FAILURE)),
+        );
     }
     done(events, failures, Ok(candidates))
 }

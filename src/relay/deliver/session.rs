@@ -12,6 +12,7 @@ use super::plan::TlsMode;
 use super::reuse::{Open, Stream};
 use super::{At, Deliverer, NoSession};
 use crate::policy::ResultType;
+use crate::smtp::status::{BAD_CONNECTION, CRYPTO_FAILURE, NO_ANSWER, TEMP_ENCRYPTION_NEEDED};
 use crate::smtp::{Ehlo, SmtpConn};
 use crate::tlsprobe::CertProblem;
 
@@ -51,7 +52,7 @@ impl Deliverer {
             // never on a path that could be weaker, whatever changes there.
             return Opened::Next(NoSession::new(
                 "REQUIRETLS: not an authenticated TLS path",
-                "4.7.10",
+                TEMP_ENCRYPTION_NEEDED,
             ));
         }
         let next = |this: &Self, why: NoSession| {
@@ -66,11 +67,11 @@ impl Deliverer {
         let opened = Instant::now();
         let tcp = match tokio::time::timeout(me.cfg.connect_timeout, TcpStream::connect(addr)).await
         {
-            Err(_) => return next(self, NoSession::new("connection timed out", "4.4.1")),
+            Err(_) => return next(self, NoSession::new("connection timed out", NO_ANSWER)),
             Ok(Err(e)) => {
                 return next(
                     self,
-                    NoSession::new(format!("cannot connect: {e}"), "4.4.1"),
+                    NoSession::new(format!("cannot connect: {e}"), NO_ANSWER),
                 )
             }
             Ok(Ok(tcp)) => tcp,
@@ -80,7 +81,12 @@ impl Deliverer {
         let mut conn = SmtpConn::new(Box::new(tcp) as Stream, me.cfg.reply_timeout);
         let greeting = match conn.read_reply().await {
             Ok(r) => r,
-            Err(e) => return next(self, NoSession::new(format!("no greeting: {e}"), "4.4.2")),
+            Err(e) => {
+                return next(
+                    self,
+                    NoSession::new(format!("no greeting: {e}"), BAD_CONNECTION),
+                )
+            }
         };
         if greeting.code != 220 {
             conn.quit().await;
@@ -104,10 +110,12 @@ impl Deliverer {
                         conn.quit().await;
                         return next(self, NoSession::reply("HELO refused", &r));
                     }
-                    Err(e) => return next(self, NoSession::new(format!("HELO: {e}"), "4.4.2")),
+                    Err(e) => {
+                        return next(self, NoSession::new(format!("HELO: {e}"), BAD_CONNECTION))
+                    }
                 }
             }
-            Err(e) => return next(self, NoSession::new(format!("EHLO: {e}"), "4.4.2")),
+            Err(e) => return next(self, NoSession::new(format!("EHLO: {e}"), BAD_CONNECTION)),
         };
         let ready = |conn, ehlo, tls: &str| {
             Opened::Ready(Open {
@@ -134,7 +142,7 @@ impl Deliverer {
             if mode.strict() {
                 conn.quit().await;
                 let why = format!("STARTTLS not offered ({})", mode.name_in_reasons());
-                return next(self, NoSession::new(why, "4.7.5"));
+                return next(self, NoSession::new(why, CRYPTO_FAILURE));
             }
             return ready(conn, ehlo, "none");
         }
@@ -195,7 +203,10 @@ impl Deliverer {
         );
         if let (Some((_, detail)), true) = (&failure, mode.strict()) {
             conn.quit().await;
-            let why = NoSession::new(format!("{detail} ({})", mode.name_in_reasons()), "4.7.5");
+            let why = NoSession::new(
+                format!("{detail} ({})", mode.name_in_reasons()),
+                CRYPTO_FAILURE,
+            );
             self.log_attempt(at, &report.version, "deferred", &why.reason);
             return Opened::Next(why);
         }
@@ -208,7 +219,7 @@ impl Deliverer {
                 Opened::Next(why)
             }
             Err(e) => {
-                let why = NoSession::new(format!("EHLO after STARTTLS: {e}"), "4.4.2");
+                let why = NoSession::new(format!("EHLO after STARTTLS: {e}"), BAD_CONNECTION);
                 self.log_attempt(at, &report.version, "deferred", &why.reason);
                 Opened::Next(why)
             }

@@ -7,6 +7,9 @@ use tokio::io::AsyncBufReadExt;
 
 use super::reuse::{Open, Stream};
 use super::{At, Attempt, Deliverer, NoSession, RcptResult};
+use crate::smtp::status::{
+    BAD_CONNECTION, NON_ASCII_ADDRESS, PERM_OTHER, REQUIRETLS_NEEDED, TEMP_OTHER,
+};
 use crate::smtp::{Reply, SmtpConn, SmtpError};
 
 /// Whether the session may carry another transaction afterwards.
@@ -40,7 +43,7 @@ impl Deliverer {
                 reply: reply.map(|r| r.one_line()),
                 reason: reason.to_string(),
                 code: reply
-                    .and_then(|r| crate::relay::dsn::enhanced_status(&r.lines.join(" ")))
+                    .and_then(|r| crate::smtp::status::enhanced_status(&r.lines.join(" ")))
                     .unwrap_or_else(|| code.to_string()),
             };
 
@@ -59,7 +62,7 @@ impl Deliverer {
                                 true,
                                 None,
                                 "the message needs SMTPUTF8, which the server does not offer",
-                                "5.6.7",
+                                NON_ASCII_ADDRESS,
                             ),
                         )
                     })
@@ -70,7 +73,7 @@ impl Deliverer {
         // ever reached over authenticated TLS, see `session`).
         if job.requiretls && !ehlo.has("REQUIRETLS") {
             conn.quit().await;
-            let why = NoSession::new(format!("{mx} does not offer REQUIRETLS"), "5.7.30");
+            let why = NoSession::new(format!("{mx} does not offer REQUIRETLS"), REQUIRETLS_NEEDED);
             log("deferred", &why.reason);
             return closed(Attempt::Next(why));
         }
@@ -104,7 +107,7 @@ impl Deliverer {
         let reply = match conn.command(&mail).await {
             Ok(r) => r,
             Err(e) => {
-                let why = NoSession::new(format!("MAIL FROM: {e}"), "4.4.2");
+                let why = NoSession::new(format!("MAIL FROM: {e}"), BAD_CONNECTION);
                 log("deferred", &why.reason);
                 return closed(Attempt::Next(why));
             }
@@ -116,7 +119,7 @@ impl Deliverer {
             return closed(Attempt::Done(
                 job.rcpts
                     .iter()
-                    .map(|(i, _)| (*i, failed(true, Some(&reply), reason, "5.0.0")))
+                    .map(|(i, _)| (*i, failed(true, Some(&reply), reason, PERM_OTHER)))
                     .collect(),
             ));
         }
@@ -144,7 +147,7 @@ impl Deliverer {
                 Ok(r) if r.is_positive() => accepted.push(*i),
                 Ok(r) => {
                     let reason = "the remote server refused the recipient";
-                    results.push((*i, failed(r.is_permanent(), Some(&r), reason, "4.0.0")));
+                    results.push((*i, failed(r.is_permanent(), Some(&r), reason, TEMP_OTHER)));
                 }
                 Err(e) => {
                     // The session broke mid-transaction: everyone not yet
@@ -153,7 +156,7 @@ impl Deliverer {
                     log("deferred", &reason);
                     for (j, _) in &job.rcpts {
                         if !results.iter().any(|(k, _)| k == j) {
-                            results.push((*j, failed(false, None, &reason, "4.4.2")));
+                            results.push((*j, failed(false, None, &reason, BAD_CONNECTION)));
                         }
                     }
                     return closed(Attempt::Done(results));
@@ -178,21 +181,21 @@ impl Deliverer {
                 let reason = "the remote server refused DATA";
                 rest(
                     &mut results,
-                    failed(r.is_permanent(), Some(&r), reason, "4.0.0"),
+                    failed(r.is_permanent(), Some(&r), reason, TEMP_OTHER),
                 );
                 return closed(Attempt::Done(results));
             }
             Err(e) => {
                 let reason = format!("DATA: {e}");
                 log("deferred", &reason);
-                rest(&mut results, failed(false, None, &reason, "4.4.2"));
+                rest(&mut results, failed(false, None, &reason, BAD_CONNECTION));
                 return closed(Attempt::Done(results));
             }
         }
         if let Err(e) = self.send_body(conn, &job.queue_id).await {
             let reason = format!("sending the message failed: {e}");
             log("deferred", &reason);
-            rest(&mut results, failed(false, None, &reason, "4.4.2"));
+            rest(&mut results, failed(false, None, &reason, BAD_CONNECTION));
             return closed(Attempt::Done(results));
         }
         conn.set_timeout(me.cfg.data_timeout);
@@ -223,7 +226,7 @@ impl Deliverer {
                 let reason = "the remote server refused the message";
                 rest(
                     &mut results,
-                    failed(r.is_permanent(), Some(&r), reason, "4.0.0"),
+                    failed(r.is_permanent(), Some(&r), reason, TEMP_OTHER),
                 );
                 // Only a session that just took a message is kept: one
                 // that refused it may be refusing everything on it (a
@@ -237,7 +240,7 @@ impl Deliverer {
             Err(e) => {
                 let reason = format!("no reply after the message was sent: {e}");
                 log("deferred", &reason);
-                rest(&mut results, failed(false, None, &reason, "4.4.2"));
+                rest(&mut results, failed(false, None, &reason, BAD_CONNECTION));
                 (Attempt::Done(results), After::Closed)
             }
         }

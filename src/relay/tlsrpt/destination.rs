@@ -24,11 +24,10 @@ pub fn is_public(ip: IpAddr) -> bool {
 /// `ip` lies in `net/len`: the one CIDR rule of the relay (`IpNet`, as
 /// for `relay.allowed_networks`).
 fn in_net(ip: IpAddr, net: IpAddr, len: u32) -> bool {
-    IpNet {
-        addr: net,
-        prefix: len as u8,
-    }
-    .contains(ip)
+    u8::try_from(len)
+        .ok()
+        .and_then(|len| IpNet::new(net, len))
+        .is_some_and(|n| n.contains(ip))
 }
 
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], len: u32) -> bool {

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{PolicyType, ResultType};
-use crate::relay::dsn::civil_from_days;
 
 /// Longest counts file read back, and written: a day's counts that would
 /// not fit stay in memory (logged) rather than become an unreadable file.
@@ -192,31 +191,9 @@ impl Book {
     }
 }
 
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01).
-pub fn day_name(day: u64) -> String {
-    let (y, m, d) = civil_from_days(day);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// The day number of a `YYYY-MM-DD` name, for files read back.
-pub fn parse_day_name(name: &str) -> Option<u64> {
-    let mut parts = name.split('-');
-    let y: u64 = parts.next()?.parse().ok()?;
-    let m: u64 = parts.next()?.parse().ok()?;
-    let d: u64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
-        return None;
-    }
-    // Inverse of civil_from_days (Howard Hinnant's days_from_civil).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    (day_name(days) == name).then_some(days)
-}
+// Day names are part of the file names and report ids; the calendar
+// behind them is shared with the mail dates.
+pub use crate::smtp::date::{day_name, parse_day_name};
 
 pub(crate) fn mkdir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
@@ -360,17 +337,6 @@ mod tests {
             receiving_mx_hostname: Some("mx.example.test"),
             receiving_ip: Some(IpAddr::from([127, 0, 0, 1])),
         }
-    }
-
-    #[test]
-    fn day_names_round_trip() {
-        assert_eq!(day_name(0), "1970-01-01");
-        assert_eq!(day_name(20_000), "2024-10-04");
-        for d in [0, 59, 60, 365, 11_016, 20_000, 20_454, 47_000] {
-            assert_eq!(parse_day_name(&day_name(d)), Some(d), "{d}");
-        }
-        assert_eq!(parse_day_name("2024-02-30"), None);
-        assert_eq!(parse_day_name("x"), None);
     }
 
     #[test]

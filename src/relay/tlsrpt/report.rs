@@ -6,6 +6,7 @@ use std::io::Write;
 use serde::{Deserialize, Serialize};
 
 use super::record::{day_name, DomainDay};
+use crate::smtp::date::rfc3339;
 
 /// One report (RFC 8460 §4.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,12 +93,12 @@ pub fn day_bounds(day: u64) -> (u64, u64) {
 
 /// Builds the report of `domain` for `day` from its counts.
 pub fn build(day: u64, domain: &str, counts: &DomainDay, who: &Submitter) -> Report {
-    let name = day_name(day);
+    let (start, end) = day_bounds(day);
     Report {
         organization_name: who.organization_name.clone(),
         date_range: DateRange {
-            start_datetime: format!("{name}T00:00:00Z"),
-            end_datetime: format!("{name}T23:59:59Z"),
+            start_datetime: rfc3339(start),
+            end_datetime: rfc3339(end),
         },
         contact_info: who.contact_info.clone(),
         report_id: report_id(day, domain, &who.hostname),

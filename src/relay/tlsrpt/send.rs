@@ -15,6 +15,7 @@ use super::report::day_bounds;
 use crate::config::FetchConfig;
 use crate::dns::Dns;
 use crate::relay::dkim::DkimSigner;
+use crate::smtp::mime::{Multipart, Part};
 
 /// An HTTPS client built like the policy fetcher's: same trust anchors,
 /// our DNS (minus non-public addresses unless `allow_private`, see
@@ -128,22 +129,45 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
         "{}!{}!{begin}!{end}!{unique}.json.gz",
         m.submitter, m.domain
     );
-    // The base64 alphabet has no '-' or '=' runs like this, and the text
-    // part is ours: the boundary cannot occur inside a part.
-    let boundary = format!("----=_tlsrpt_{unique}_{}", m.now);
     let mut b64 = String::new();
     let encoded = STANDARD.encode(m.gz);
     for chunk in encoded.as_bytes().chunks(76) {
         b64.push_str(&String::from_utf8_lossy(chunk));
         b64.push_str("\r\n");
     }
+    let text = format!(
+        "This is an aggregate TLS report (RFC 8460) from {} about mail sent\r\n\
+         to {} on {date} (UTC). The report is attached.\r\n",
+        m.submitter, m.domain
+    );
+    let report_head = format!(
+        "Content-Type: application/tlsrpt+gzip\r\n\
+         Content-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment;\r\n\tfilename=\"{filename}\"\r\n"
+    );
+    let parts = [
+        Part {
+            headers: "Content-Type: text/plain; charset=\"us-ascii\"\r\n\
+                      Content-Transfer-Encoding: 7bit\r\n",
+            body: text.as_bytes(),
+        },
+        Part {
+            headers: &report_head,
+            body: b64.as_bytes(),
+        },
+    ];
+    // The names in the parts come from configuration and DNS: the boundary
+    // is checked against them like every other part's content.
+    let multipart = Multipart::new(
+        &format!("----=_tlsrpt_{unique}_{}", m.now),
+        "This is a multipart message in MIME format.",
+        &parts,
+        &[],
+    );
     let mut out = String::with_capacity(b64.len() + 2048);
     out.push_str(&format!("From: <{}>\r\n", m.from));
     out.push_str(&format!("To: <{}>\r\n", m.to));
-    out.push_str(&format!(
-        "Date: {}\r\n",
-        crate::relay::dsn::rfc5322_date(m.now)
-    ));
+    out.push_str(&format!("Date: {}\r\n", crate::smtp::date::rfc5322(m.now)));
     out.push_str(&format!(
         "Message-ID: <tlsrpt.{unique}.{}.{}@{}>\r\n",
         m.domain, m.now, m.submitter
@@ -161,27 +185,11 @@ pub fn message(m: &Mail<'_>) -> Vec<u8> {
     // RFC 3834 §5: no auto-responder should answer a report.
     out.push_str("Auto-Submitted: auto-generated\r\n");
     out.push_str("MIME-Version: 1.0\r\n");
-    out.push_str(&format!(
-        "Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n\tboundary=\"{boundary}\"\r\n"
-    ));
-    out.push_str("\r\nThis is a multipart message in MIME format.\r\n");
-    out.push_str(&format!("\r\n--{boundary}\r\n"));
-    out.push_str("Content-Type: text/plain; charset=\"us-ascii\"\r\n");
-    out.push_str("Content-Transfer-Encoding: 7bit\r\n\r\n");
-    out.push_str(&format!(
-        "This is an aggregate TLS report (RFC 8460) from {} about mail sent\r\n\
-         to {} on {date} (UTC). The report is attached.\r\n",
-        m.submitter, m.domain
-    ));
-    out.push_str(&format!("\r\n--{boundary}\r\n"));
-    out.push_str("Content-Type: application/tlsrpt+gzip\r\n");
-    out.push_str("Content-Transfer-Encoding: base64\r\n");
-    out.push_str(&format!(
-        "Content-Disposition: attachment;\r\n\tfilename=\"{filename}\"\r\n\r\n"
-    ));
-    out.push_str(&b64);
-    out.push_str(&format!("\r\n--{boundary}--\r\n"));
-    out.into_bytes()
+    out.push_str(&multipart.report_content_type("\"tlsrpt\""));
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    multipart.write_body(&mut out);
+    out
 }
 
 /// Queues a mailed report to `to`, with the null reverse-path: a report

@@ -18,8 +18,8 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::socketmap::netstring::{decode, encode};
-use crate::socketmap::MAX_REPLY;
+use mta_sts_agent::socketmap::netstring::{decode, encode};
+use mta_sts_agent::socketmap::MAX_REPLY;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {

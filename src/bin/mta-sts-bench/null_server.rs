@@ -6,8 +6,8 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::socketmap::netstring::{decode, encode};
-use crate::socketmap::MAX_REQUEST;
+use mta_sts_agent::socketmap::netstring::{decode, encode};
+use mta_sts_agent::socketmap::MAX_REQUEST;
 
 pub const REPLY: &[u8] = b"OK secure match=mx1.example.test servername=hostname";
 
