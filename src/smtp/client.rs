@@ -70,6 +70,19 @@ pub struct SmtpConn<S> {
     timeout: Duration,
 }
 
+/// How a `STARTTLS` ended.
+pub enum StartTls<S> {
+    /// `220`: the stream, with nothing read past the reply, for the handshake.
+    Ready(S, Reply),
+    /// Any other reply; the session is still there (for `QUIT`).
+    Refused(Reply, SmtpConn<S>),
+    /// Bytes followed the `220` before the handshake: the session must be
+    /// dropped, never upgraded.
+    Injected(Reply),
+    /// The command could not be sent or its reply read.
+    Failed(SmtpError),
+}
+
 impl<S> std::fmt::Debug for SmtpConn<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpConn")
@@ -204,6 +217,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpConn<S> {
                 extensions: Vec::new(),
             })
         }
+    }
+
+    /// `STARTTLS`, and the plaintext stream to run the TLS handshake on
+    /// after a `220`. The one place that refuses bytes the server sent
+    /// after its `220` and before the handshake: read later, they would
+    /// pass for data sent over TLS (CVE-2011-0411 and kin).
+    pub async fn starttls(mut self) -> StartTls<S> {
+        let reply = match self.command("STARTTLS").await {
+            Ok(r) => r,
+            Err(e) => return StartTls::Failed(e),
+        };
+        if reply.code != 220 {
+            return StartTls::Refused(reply, self);
+        }
+        if self.has_buffered() {
+            return StartTls::Injected(reply);
+        }
+        StartTls::Ready(self.stream, reply)
     }
 
     /// Sends QUIT and waits briefly for the reply; errors are ignored (the

@@ -26,6 +26,6 @@ pub mod reply;
 pub mod status;
 pub mod xtext;
 
-pub use client::{Ehlo, SmtpConn, SmtpError};
+pub use client::{Ehlo, SmtpConn, SmtpError, StartTls};
 pub use probe::{probe, ProbeStage, SmtpProbeConfig, SmtpProbeReport};
 pub use reply::{Reply, ReplyError};

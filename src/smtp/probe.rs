@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::client::{SmtpConn, SmtpError};
+use super::client::{SmtpConn, SmtpError, StartTls};
 use super::reply::Reply;
 use crate::tlsprobe::{TlsProbeError, TlsProber, TlsReport};
 
@@ -177,26 +177,29 @@ async fn run(
     }
 
     *stage = ProbeStage::StartTls;
-    let reply = match conn.command("STARTTLS").await {
-        Ok(r) => r,
-        Err(e) => return report.fail(ProbeStage::StartTls, describe(&e)),
+    let tcp = match conn.starttls().await {
+        StartTls::Ready(tcp, reply) => {
+            report.starttls_reply = Some(reply);
+            tcp
+        }
+        StartTls::Refused(reply, mut conn) => {
+            report.starttls_reply = Some(reply.clone());
+            conn.quit().await;
+            return report.fail(
+                ProbeStage::StartTls,
+                format!("STARTTLS refused: {}", reply.one_line()),
+            );
+        }
+        StartTls::Injected(reply) => {
+            report.starttls_reply = Some(reply);
+            return report.fail(
+                ProbeStage::StartTls,
+                "the server sent data after its STARTTLS reply, before the TLS handshake \
+                 (a command-injection flaw, CVE-2011-0411 style)",
+            );
+        }
+        StartTls::Failed(e) => return report.fail(ProbeStage::StartTls, describe(&e)),
     };
-    report.starttls_reply = Some(reply.clone());
-    if reply.code != 220 {
-        conn.quit().await;
-        return report.fail(
-            ProbeStage::StartTls,
-            format!("STARTTLS refused: {}", reply.one_line()),
-        );
-    }
-    if conn.has_buffered() {
-        return report.fail(
-            ProbeStage::StartTls,
-            "the server sent data after its STARTTLS reply, before the TLS handshake \
-             (a command-injection flaw, CVE-2011-0411 style)",
-        );
-    }
-    let (tcp, _) = conn.into_parts();
 
     *stage = ProbeStage::Handshake;
     let (tls, tls_report) = match prober.handshake(tcp, host, &[]).await {

@@ -13,7 +13,7 @@ use super::reuse::{Open, Stream};
 use super::{At, Deliverer, NoSession};
 use crate::policy::ResultType;
 use crate::smtp::status::{BAD_CONNECTION, CRYPTO_FAILURE, NO_ANSWER, TEMP_ENCRYPTION_NEEDED};
-use crate::smtp::{Ehlo, SmtpConn};
+use crate::smtp::{Ehlo, SmtpConn, StartTls};
 use crate::tlsprobe::CertProblem;
 
 /// How opening a session ended.
@@ -147,26 +147,25 @@ impl Deliverer {
             return ready(conn, ehlo, "none");
         }
 
-        match conn.command("STARTTLS").await {
-            Ok(r) if r.code == 220 => {}
-            Ok(r) => {
+        let tcp = match conn.starttls().await {
+            StartTls::Ready(tcp, _) => tcp,
+            StartTls::Refused(r, mut conn) => {
                 conn.quit().await;
                 return Opened::HandshakeFailed(
                     format!("STARTTLS refused: {}", r.one_line()),
                     local_ip,
                 );
             }
-            Err(e) => return Opened::HandshakeFailed(format!("STARTTLS: {e}"), local_ip),
-        }
-        // Bytes the server sent after its 220 would be read as if they came
-        // over TLS (CVE-2011-0411 and kin): refuse.
-        if conn.has_buffered() {
-            return Opened::HandshakeFailed(
-                "server sent data after 220 to STARTTLS (possible injection)".to_string(),
-                local_ip,
-            );
-        }
-        let (tcp, _) = conn.into_parts();
+            StartTls::Injected(_) => {
+                return Opened::HandshakeFailed(
+                    "server sent data after 220 to STARTTLS (possible injection)".to_string(),
+                    local_ip,
+                )
+            }
+            StartTls::Failed(e) => {
+                return Opened::HandshakeFailed(format!("STARTTLS: {e}"), local_ip)
+            }
+        };
         let (tls, report) = match me.tls.handshake(tcp, mx, &[]).await {
             Ok(ok) => ok,
             Err(e) => {
