@@ -243,22 +243,36 @@ fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
     false
 }
 
+/// The HTTPS client both the policy fetch and the TLS-RPT upload use: the
+/// given trust anchors over rustls, HTTP/1.1 only, names resolved by
+/// `resolver` (our DNS, never the system's), no redirects (RFC 8461 §3.3:
+/// "HTTP 3xx redirects MUST NOT be followed"; a report is not re-sent
+/// somewhere its record did not name), and one deadline for the whole
+/// exchange, body included.
+pub fn https_client_builder<R: reqwest::dns::Resolve + 'static>(
+    roots: rustls::RootCertStore,
+    resolver: R,
+    timeout: Duration,
+) -> reqwest::ClientBuilder {
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(resolver))
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .http1_only()
+        .user_agent(concat!("mta-sts-agent/", env!("CARGO_PKG_VERSION")))
+}
+
 impl Fetcher {
     pub fn new(config: &FetchConfig, dns: &Dns) -> Result<Fetcher, String> {
         init_crypto();
         let (roots, trust) = trust_roots(config)?;
-        let mut tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(dns.clone()))
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .http1_only()
-            .user_agent(concat!("mta-sts-agent/", env!("CARGO_PKG_VERSION")))
+        let client = https_client_builder(roots, dns.clone(), config.timeout)
             .build()
             .map_err(|e| format!("cannot build the HTTPS client: {}", chain(&e)))?;
         Ok(Fetcher {
@@ -424,6 +438,7 @@ pub mod memory {
 
     use super::{FetchError, FetchedPolicy, Fetching, PolicyFetch};
     use crate::policy::parse_policy;
+    use crate::sync::Recover;
 
     #[derive(Default)]
     struct Served {
@@ -441,7 +456,7 @@ pub mod memory {
 
     impl MemoryFetch {
         fn lock(&self) -> MutexGuard<'_, Served> {
-            self.served.lock().unwrap_or_else(|p| p.into_inner())
+            self.served.locked()
         }
 
         /// `domain`'s policy host serves `body` (validated as a fetched one is).

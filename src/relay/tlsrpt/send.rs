@@ -2,7 +2,6 @@
 //! message through the relay's own queue (§5.3).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -30,24 +29,14 @@ pub fn https_client(
 ) -> Result<reqwest::Client, String> {
     crate::fetch::init_crypto();
     let (roots, _) = crate::fetch::trust_roots(fetch)?;
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
+    let resolver = PublicOnly {
+        dns: dns.clone(),
+        allow_private,
+    };
+    crate::fetch::https_client_builder(roots, resolver, timeout)
         // An HTTP(S)_PROXY from the environment would pick the address
         // itself, past the resolver's check: reports go direct.
         .no_proxy()
-        .dns_resolver(Arc::new(PublicOnly {
-            dns: dns.clone(),
-            allow_private,
-        }))
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .http1_only()
-        .user_agent(concat!("mta-sts-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build the TLS-RPT HTTPS client: {e}"))
 }
