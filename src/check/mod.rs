@@ -15,11 +15,10 @@
 //! [`render`] (human and JSON output), [`suggest`] (`--suggest`),
 //! [`progress`] (the stderr spinner), [`cli`] (options and exit codes,
 //! shared by `mta-sts-check` and `mta-sts-agent check`), [`wording`]
-//! (shared phrasing), [`calendar`] (UTC dates). The sections' unit tests,
+//! (shared phrasing; dates come from `smtp::date`). The sections' unit tests,
 //! on the in-memory DNS and policy host, are in `tests/`.
 
 pub mod caa;
-pub mod calendar;
 pub mod catalogue;
 pub mod cli;
 pub mod findings;

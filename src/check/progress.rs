@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sync::Recover;
 use tokio::task::JoinHandle;
 
 const FRAMES: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -26,7 +27,7 @@ impl Progress {
                 let mut frame = 0usize;
                 loop {
                     tokio::time::sleep(Duration::from_millis(120)).await;
-                    let text = message.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let text = message.locked().clone();
                     if !text.is_empty() {
                         let mut err = std::io::stderr().lock();
                         let _ = write!(err, "\r\x1b[2K{} {text}", FRAMES[frame % FRAMES.len()]);
@@ -50,7 +51,7 @@ impl Progress {
     /// Names the step now running.
     pub fn step(&self, text: impl Into<String>) {
         if self.task.is_some() {
-            *self.message.lock().unwrap_or_else(|p| p.into_inner()) = text.into();
+            *self.message.locked() = text.into();
         }
     }
 

@@ -4,7 +4,6 @@
 
 use std::time::SystemTime;
 
-use super::calendar;
 use super::findings::Suggestion;
 use crate::policy::{mx::matches_any, parse_policy, MxPattern};
 
@@ -15,7 +14,11 @@ pub const SUGGESTED_MAX_AGE: u32 = 86_400;
 /// A fresh policy id: the UTC time as `YYYYMMDDhhmmss` (14 digits, within the
 /// 1–32 alphanumerics RFC 8461 §3.1 allows, and increasing over time).
 pub fn fresh_id(now: SystemTime) -> String {
-    calendar::timestamp_id(now)
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    crate::smtp::date::compact(secs)
 }
 
 /// `mx:` values for the given MX hosts (already normalised, in preference

@@ -2,7 +2,7 @@
 //! sections and the verdict: counts with the right noun, record text safe
 //! to quote, and how far away a certificate's expiry is.
 
-use super::calendar::iso_date;
+use crate::smtp::date::day_of;
 use crate::tlsprobe::LeafInfo;
 
 pub fn plural(n: usize, one: &str, many: &str) -> String {
@@ -31,7 +31,7 @@ pub fn lossy(raw: &[u8]) -> String {
 
 /// "expires in 90 days (2027-02-21)", "expired 3 days ago (…)", …
 pub fn expiry_phrase(leaf: &LeafInfo) -> String {
-    let date = iso_date(leaf.not_after);
+    let date = day_of(leaf.not_after);
     let days = leaf.days_left.unsigned_abs() as usize;
     match (leaf.seconds_left < 0, days) {
         (true, 0) => format!("expired less than a day ago ({date})"),

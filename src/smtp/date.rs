@@ -1,7 +1,9 @@
 //! Dates as mail and reports write them, always in UTC: RFC 5322 §3.3
 //! date-times (`Date:`, `Received:`, the DSN date fields), RFC 3339
 //! date-times (the TLS-RPT `date-range`) and day names `YYYY-MM-DD` (TLS-RPT
-//! report ids and file names). The calendar itself is the `time` crate's.
+//! report ids and file names), and the check's day and `YYYYMMDDhhmmss`
+//! stamps. The calendar itself is the `time` crate's, and this is its one
+//! home in the tree.
 //!
 //! Inputs are unix seconds or day numbers (days since 1970-01-01) as `u64`,
 //! so every value is on or after the epoch. Values past 9999-12-31, the last
@@ -66,6 +68,29 @@ pub fn parse_day_name(name: &str) -> Option<u64> {
     (day_name(day) == name).then_some(day)
 }
 
+/// `YYYY-MM-DD` of the day unix second `unix` falls on (a certificate's
+/// expiry as the check shows it); before 1970 is 1970-01-01.
+#[must_use]
+pub fn day_of(unix: i64) -> String {
+    day_name(u64::try_from(unix).unwrap_or(0) / 86_400)
+}
+
+/// `YYYYMMDDhhmmss` of unix seconds, in UTC: 14 digits that grow with time
+/// (the check's suggested policy ids).
+#[must_use]
+pub fn compact(unix: u64) -> String {
+    let t = instant(unix);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 fn instant(unix: u64) -> OffsetDateTime {
     let secs = i64::try_from(unix).map_or(LAST_SECOND, |s| s.min(LAST_SECOND));
     // In range by the clamp above.
@@ -86,6 +111,19 @@ mod tests {
         assert_eq!(rfc5322(951_868_800), "Wed, 01 Mar 2000 00:00:00 +0000");
         assert_eq!(rfc5322(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 +0000");
         assert_eq!(rfc5322(u64::MAX), "Fri, 31 Dec 9999 23:59:59 +0000");
+    }
+
+    #[test]
+    fn days_of_unix_times_and_compact_stamps() {
+        assert_eq!(day_of(0), "1970-01-01");
+        // 2024-02-29T23:59:59Z, a leap day, and the second after it.
+        assert_eq!(day_of(1_709_251_199), "2024-02-29");
+        assert_eq!(day_of(1_709_251_200), "2024-03-01");
+        assert_eq!(day_of(253_402_300_799), "9999-12-31");
+        assert_eq!(day_of(-86_400), "1970-01-01");
+        assert_eq!(compact(0), "19700101000000");
+        assert_eq!(compact(1_709_251_199), "20240229235959");
+        assert_eq!(compact(u64::MAX), "99991231235959");
     }
 
     #[test]
