@@ -25,6 +25,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::dns::{Answer, Dns, MxRecord, TlsaRecord};
 use crate::policy::MxHosts;
+use crate::sync::Recover;
 
 pub mod events;
 #[cfg(test)]
@@ -164,10 +165,7 @@ struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.refreshing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.domain);
+        self.refreshing.locked().remove(&self.domain);
     }
 }
 
@@ -268,11 +266,7 @@ impl Dane {
             events::events().background_skipped();
             return;
         };
-        let claimed = self
-            .refreshing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(domain.to_string());
+        let claimed = self.refreshing.locked().insert(domain.to_string());
         if !claimed {
             return;
         }

@@ -8,6 +8,7 @@
 //! [`tlsprobe`]).
 
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -24,4 +25,5 @@ pub mod setup;
 pub mod smtp;
 pub mod socketmap;
 pub mod store;
+pub mod sync;
 pub mod tlsprobe;

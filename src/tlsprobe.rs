@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -25,6 +25,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::FetchConfig;
+use crate::sync::Recover;
 
 /// Why a certificate is not acceptable for the name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +189,7 @@ impl ServerCertVerifier for AfterHandshake {
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .map(|_| ())
                 .map_err(|e| classify_cert_error(&e));
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+            *slot.locked() = Some(verdict);
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -239,13 +240,6 @@ impl std::fmt::Debug for TlsProber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TlsProber({}, timeout {:?})", self.trust, self.timeout)
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn classify_handshake_error(e: &std::io::Error) -> TlsProbeError {
@@ -389,12 +383,9 @@ impl TlsProber {
         let leaf = conn
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .and_then(|der| leaf_info(der, unix_now()));
-        let recorded = recording.and_then(|r| {
-            r.outcome
-                .as_ref()
-                .and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
-        });
+            .and_then(|der| leaf_info(der, crate::clock::unix_now() as i64));
+        let recorded =
+            recording.and_then(|r| r.outcome.as_ref().and_then(|slot| slot.locked().clone()));
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let cert = match (recorded, conn.peer_certificates()) {
             (Some(verdict), _) => verdict,

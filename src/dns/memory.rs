@@ -20,6 +20,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::proto::serialize::txt::Parser;
 
 use super::{Answer, DnsError, DnsLookup, Lookup, Secured};
+use crate::sync::Recover;
 
 /// How a lookup of a name fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl ZoneDns {
     }
 
     fn lock(&self) -> MutexGuard<'_, Zone> {
-        self.zone.lock().unwrap_or_else(|p| p.into_inner())
+        self.zone.locked()
     }
 
     /// Adds the RRsets of `text`, each replacing the RRset of the same name

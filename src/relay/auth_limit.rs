@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::client_limit::client_key;
+use crate::sync::Recover;
 
 /// Longest back-off, and how long an address must stay quiet (no failure)
 /// before its failures are forgotten.
@@ -122,7 +123,7 @@ impl AuthGate {
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, FailureLimit> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+        self.failures.locked()
     }
 
     /// `Err(wait)` while `ip` is backing off.

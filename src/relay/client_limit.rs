@@ -2,6 +2,7 @@
 //! opens, holds at most `relay.max_connections_per_client` session slots,
 //! so it cannot lock every other client out.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -46,7 +47,7 @@ impl ClientLimit {
     /// A permit for one more connection from `ip`, unless it has `max`.
     pub fn try_acquire(&self, ip: IpAddr) -> Option<ClientPermit> {
         let ip = client_key(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
             return None;
@@ -60,14 +61,14 @@ impl ClientLimit {
 
     /// Connections `ip` holds now.
     pub fn open(&self, ip: IpAddr) -> usize {
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.locked();
         open.get(&client_key(ip)).copied().unwrap_or(0)
     }
 }
 
 impl Drop for ClientPermit {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         if let Some(n) = open.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             // An address with no connection costs no memory.

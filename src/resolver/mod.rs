@@ -36,10 +36,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::config::{CacheConfig, Config};
 use crate::dns::Dns;
 use crate::fetch::{Fetcher, PolicyFetch};
-use crate::policy::{discover, normalize_domain, Discovery, Mode, MxHosts, ResultType};
+use crate::policy::{discover, normalize_domain, Discovery};
 use crate::store::{
     unix_now, Checked, FetchTurn, PolicySource, PolicyStore, StoreError, StoredPolicy,
 };
+use crate::sync::Recover;
 use events::DiscoveryResult;
 
 /// Per-domain memory of the last discovery, kept in RAM only: it is cheap to
@@ -182,12 +183,7 @@ impl Resolver {
             Err(e) => return Ok(Answer::NoPolicy(NoPolicy::NotADomain(e.to_string()))),
         };
         if let Some(o) = self.inner.overrides.get(&domain) {
-            let first = self
-                .inner
-                .overrides_logged
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(domain.clone());
+            let first = self.inner.overrides_logged.locked().insert(domain.clone());
             if let PolicySource::Override { reason } = &o.source {
                 if first {
                     tracing::info!(domain = %domain, mode = %o.policy.mode, reason = %reason, "override applied instead of the published policy");
@@ -411,7 +407,6 @@ impl Inner {
             .unwrap_or(NoPolicy::Pending);
         Ok(Answer::NoPolicy(neg))
     }
-
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Inner, Resolver};
 use crate::policy::MxHosts;
+use crate::sync::Recover;
 
 /// A domain's MX hosts as DNS answers them now (RFC 5321 §5.1: preference
 /// order, the domain itself when it has no MX records).
@@ -39,22 +40,13 @@ impl Resolver {
     pub async fn current_mx(&self, domain: &str) -> Option<Arc<MxSet>> {
         if let Some(set) = self.inner.mx_sets.get(domain).await {
             if Instant::now() >= set.fresh_until {
-                let claimed = self
-                    .inner
-                    .mx_refreshing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(domain.to_string());
+                let claimed = self.inner.mx_refreshing.locked().insert(domain.to_string());
                 if claimed {
                     let inner = self.inner.clone();
                     let d = domain.to_string();
                     tokio::spawn(async move {
                         inner.fetch_mx(&d).await;
-                        inner
-                            .mx_refreshing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&d);
+                        inner.mx_refreshing.locked().remove(&d);
                     });
                 }
             }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::*;
+use crate::sync::Recover;
 
 /// Removes a domain's in-flight marker even if its refresh task panics, so a
 /// bug can never wedge a domain into "refresh already running" forever.
@@ -20,11 +21,7 @@ struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let mut map = self
-            .inner
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.inflight.locked();
         map.remove(&self.domain);
         drop(map);
         let _ = self.tx.send(true);
@@ -96,7 +93,11 @@ impl Inner {
     /// `force`: fetch the policy even when the TXT id is unchanged and it is
     /// not due, without waiting for the fleet (to check a shared copy). At
     /// the cap it is skipped like any lookup's: the local policy stays.
-    pub(super) fn start_refresh_with(self: &Arc<Self>, domain: &str, force: bool) -> watch::Receiver<bool> {
+    pub(super) fn start_refresh_with(
+        self: &Arc<Self>,
+        domain: &str,
+        force: bool,
+    ) -> watch::Receiver<bool> {
         self.launch_refresh(domain, false, force)
     }
 
@@ -106,7 +107,7 @@ impl Inner {
         queued: bool,
         force: bool,
     ) -> watch::Receiver<bool> {
-        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inflight.locked();
         if let Some(rx) = map.get(domain) {
             return rx.clone();
         }

@@ -8,7 +8,7 @@ use crate::dns::memory::{Fault, ZoneDns};
 use crate::dns::RecordType;
 use crate::fetch::memory::MemoryFetch;
 use crate::fetch::FetchError;
-use crate::policy::parse_policy;
+use crate::policy::{parse_policy, Mode};
 
 const D: &str = "example.test";
 const TXT: &str = "_mta-sts.example.test";

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{StoreError, StoredPolicy};
+use crate::sync::{Recover, RecoverRw};
 
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies_v1");
 
@@ -73,7 +74,7 @@ impl Embedded {
             self.reopen_if_due()?;
         }
         let result = {
-            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            let guard = self.db.read_locked();
             match guard.as_ref() {
                 Some(db) => f(db),
                 None => Err(StoreError::Unavailable(format!(
@@ -89,7 +90,7 @@ impl Embedded {
     }
 
     fn mark_failed(&self) {
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.health.locked();
         if !h.failed {
             h.failed = true;
             h.backoff = MIN_REOPEN_BACKOFF;
@@ -104,7 +105,7 @@ impl Embedded {
     /// policy in memory and does not wait on a disk that just failed.
     fn reopen_if_due(&self) -> Result<(), StoreError> {
         {
-            let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            let h = self.health.locked();
             if !h.failed {
                 return Ok(());
             }
@@ -116,14 +117,14 @@ impl Embedded {
                 )));
             }
         }
-        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.db.write_locked();
         // The old handle holds the file lock: drop it before opening again.
         guard.take();
         match open_db(&self.path) {
             Ok(db) => {
                 *guard = Some(db);
                 drop(guard);
-                let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+                let mut h = self.health.locked();
                 h.failed = false;
                 h.backoff = MIN_REOPEN_BACKOFF;
                 tracing::info!(store = %self.path.display(), "policy store reopened; writes resume");
@@ -140,7 +141,7 @@ impl Embedded {
 
     /// True when the last write failed and the store waits for a reopen.
     pub fn failed(&self) -> bool {
-        self.health.lock().unwrap_or_else(|p| p.into_inner()).failed
+        self.health.locked().failed
     }
 
     pub fn path(&self) -> &Path {

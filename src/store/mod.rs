@@ -15,25 +15,20 @@ pub mod trust;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
+use crate::sync::Recover;
 
 pub use self::redis::{RedisTier, Shared};
 pub use embedded::Embedded;
 pub use error::StoreError;
 pub use trust::Weakening;
 
-/// Seconds since the Unix epoch. Stored times are wall-clock times because
-/// they must mean the same after a restart.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// Stored times are wall-clock times because they must mean the same after
+/// a restart.
+pub use crate::clock::unix_now;
 
 /// A policy as cached: what was fetched, under which TXT id, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,7 +276,7 @@ impl PolicyStore {
     }
 
     fn unsaved_insert(&self, domain: &str) {
-        let mut u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        let mut u = self.unsaved.locked();
         // Bounded like the memory tier the policies live in.
         if (u.len() as u64) < self.memory.policy().max_capacity().unwrap_or(u64::MAX) {
             u.insert(domain.to_string());
@@ -291,7 +286,7 @@ impl PolicyStore {
     /// A write went through: the disk is back, so write what it missed.
     fn saved(&self, domain: &str) {
         let pending: Vec<String> = {
-            let mut u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            let mut u = self.unsaved.locked();
             u.remove(domain);
             u.drain().collect()
         };
@@ -323,10 +318,7 @@ impl PolicyStore {
     }
 
     pub async fn remove(&self, domain: &str) -> Result<(), StoreError> {
-        self.unsaved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(domain);
+        self.unsaved.locked().remove(domain);
         if let Some(redis) = &self.redis {
             let _ = redis.remove(domain).await;
         }
@@ -349,7 +341,7 @@ impl PolicyStore {
                 let all = blocking(move || disk.list()).await?;
                 let mut all: Vec<Arc<StoredPolicy>> = all.into_iter().map(Arc::new).collect();
                 let unsaved: Vec<String> = {
-                    let u = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+                    let u = self.unsaved.locked();
                     u.iter().cloned().collect()
                 };
                 for domain in unsaved {
@@ -375,7 +367,7 @@ impl PolicyStore {
             "{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
+                .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         );

@@ -13,6 +13,7 @@ use redis::AsyncCommands;
 use super::trust::{check_shared, Rejection, MAX_SHARED_ENTRY_BYTES};
 use super::{unix_now, StoredPolicy};
 use crate::config::RedisConfig;
+use crate::sync::Recover;
 
 /// Health of the Redis connection, as seen by our calls.
 struct Health {
@@ -92,13 +93,13 @@ impl RedisTier {
 
     /// False while Redis is known down and its retry time has not come.
     fn available(&self) -> bool {
-        let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.health.locked();
         h.up || Instant::now() >= h.next_try
     }
 
     /// Records a call's outcome. Returns true when Redis just came back.
     fn record(&self, ok: bool, what: &str) -> bool {
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.health.locked();
         match (h.up, ok) {
             (true, true) => false,
             (false, true) => {

@@ -13,13 +13,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::plan::{Candidate, TlsMode};
 use crate::smtp::{Ehlo, SmtpConn};
+use crate::sync::Recover;
 
 /// The byte stream under a session: TCP, or TLS over it.
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -88,10 +89,6 @@ struct State {
     serial: u64,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Connections {
     /// `idle_limit` zero: no session is kept. At most `max_idle` are kept.
     pub(super) fn new(idle_limit: Duration, reuse_limit: Duration, max_idle: usize) -> Connections {
@@ -111,7 +108,7 @@ impl Connections {
         let me = &self.inner;
         let mut expired = Vec::new();
         let found = {
-            let mut st = lock(&me.idle);
+            let mut st = me.idle.locked();
             let mut found = None;
             let mut taken = 0;
             if let Some(list) = st.by_key.get_mut(key) {
@@ -147,7 +144,7 @@ impl Connections {
             return;
         }
         let serial = {
-            let mut st = lock(&me.idle);
+            let mut st = me.idle.locked();
             if st.count >= me.max_idle {
                 drop(st);
                 self.close(session);
@@ -170,7 +167,7 @@ impl Connections {
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let stale = {
-                let mut st = lock(&this.inner.idle);
+                let mut st = this.inner.idle.locked();
                 let mut stale = None;
                 if let Some(list) = st.by_key.get_mut(&key) {
                     if let Some(pos) = list.iter().position(|i| i.serial == serial) {
@@ -193,7 +190,7 @@ impl Connections {
 
     /// Idle sessions now (for tests and `/healthz`-style introspection).
     pub(super) fn idle_count(&self) -> usize {
-        lock(&self.inner.idle).count
+        self.inner.idle.locked().count
     }
 
     fn close(&self, session: Open) {

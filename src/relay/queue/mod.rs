@@ -9,10 +9,9 @@
 //! that was in flight at a crash can be repeated.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use super::command::Ret;
@@ -22,6 +21,7 @@ use super::spool::{summary, Envelope, LoadError, RcptStatus, Spool, Spooled};
 use crate::config::RelayConfig;
 use crate::smtp::status::{EXPIRED, OK, PERM_OTHER};
 use crate::store::unix_now;
+use crate::sync::Recover;
 
 mod notify;
 mod view;
@@ -93,7 +93,6 @@ impl Entry {
     }
 }
 
-
 /// How a message the relay writes itself is to be delivered (RFC 8689).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Inject {
@@ -125,14 +124,12 @@ struct Inner {
 /// long a failed removal waits.
 const RELOAD_EVERY: u64 = 5;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Queue {
     /// Message `id`'s state-write lock, or `None` once it left the queue.
     fn persist_lock(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        lock(&self.inner.entries)
+        self.inner
+            .entries
+            .locked()
             .get(id)
             .map(|e| Arc::clone(&e.persist))
     }
@@ -182,7 +179,7 @@ impl Queue {
 
     /// Tries again to load the messages an I/O error kept out of the queue.
     async fn reload(&self) {
-        let ids = std::mem::take(&mut *lock(&self.inner.unloaded));
+        let ids = std::mem::take(&mut *self.inner.unloaded.locked());
         if ids.is_empty() {
             return;
         }
@@ -202,7 +199,7 @@ impl Queue {
         .await;
         let Ok(results) = results else {
             // The loader itself failed: keep every id for the next round.
-            lock(&self.inner.unloaded).extend(retry);
+            self.inner.unloaded.locked().extend(retry);
             return;
         };
         let mut still = Vec::new();
@@ -210,7 +207,9 @@ impl Queue {
             match r {
                 Ok(msg) => {
                     tracing::info!(queue_id = %id, "queued message readable again; delivery resumes");
-                    lock(&self.inner.entries)
+                    self.inner
+                        .entries
+                        .locked()
                         .entry(id)
                         .or_insert_with(|| Entry::new(msg));
                 }
@@ -222,7 +221,7 @@ impl Queue {
                 }
             }
         }
-        lock(&self.inner.unloaded).extend(still);
+        self.inner.unloaded.locked().extend(still);
         self.inner.wake.notify_one();
     }
 
@@ -231,7 +230,7 @@ impl Queue {
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.inner.entries).len()
+        self.inner.entries.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -241,12 +240,17 @@ impl Queue {
     /// Hands a freshly committed message to the scheduler.
     pub fn accept(&self, msg: Spooled) {
         crate::metrics::metrics().relay_received.inc();
-        lock(&self.inner.entries).insert(msg.envelope.id.clone(), Entry::new(msg));
+        self.inner
+            .entries
+            .locked()
+            .insert(msg.envelope.id.clone(), Entry::new(msg));
         self.inner.wake.notify_one();
     }
 
     pub fn list(&self) -> Vec<QueueView> {
-        lock(&self.inner.entries)
+        self.inner
+            .entries
+            .locked()
             .values()
             .map(|e| QueueView::of(&e.msg))
             .collect()
@@ -257,7 +261,7 @@ impl Queue {
     pub fn flush(&self, id: Option<&str>) -> usize {
         let mut n = 0;
         {
-            let mut entries = lock(&self.inner.entries);
+            let mut entries = self.inner.entries.locked();
             for (eid, e) in entries.iter_mut() {
                 if id.is_some_and(|id| id != eid) {
                     continue;
@@ -275,7 +279,7 @@ impl Queue {
     /// Deletes `id` from the queue and the spool, without a bounce. A
     /// delivery in flight finishes but its result is dropped.
     pub async fn delete(&self, id: &str) -> Result<bool, String> {
-        let removed = lock(&self.inner.entries).remove(id);
+        let removed = self.inner.entries.locked().remove(id);
         if let Some(entry) = removed {
             let spool = self.inner.spool.clone();
             let id2 = id.to_string();
@@ -314,7 +318,7 @@ impl Queue {
         let mut jobs = Vec::new();
         let mut finished = Vec::new();
         {
-            let mut entries = lock(&self.inner.entries);
+            let mut entries = self.inner.entries.locked();
             for (id, e) in entries.iter_mut() {
                 if e.finishing || e.retry_finish > now {
                     continue;
@@ -399,7 +403,7 @@ impl Queue {
         let mut delayed: Vec<usize> = Vec::new();
         let mut delay_until = 0;
         let state = {
-            let mut entries = lock(&self.inner.entries);
+            let mut entries = self.inner.entries.locked();
             let Some(e) = entries.get_mut(&job.queue_id) else {
                 return; // deleted meanwhile
             };
@@ -511,7 +515,7 @@ impl Queue {
             {
                 Ok(()) => {
                     state.delay_warned = true;
-                    if let Some(e) = lock(&self.inner.entries).get_mut(&job.queue_id) {
+                    if let Some(e) = self.inner.entries.locked().get_mut(&job.queue_id) {
                         e.msg.state.delay_warned = true;
                     }
                 }
@@ -544,7 +548,10 @@ impl Queue {
         let id_owned = id.to_string();
         match tokio::task::spawn_blocking(move || spool.remove(&id_owned)).await {
             Ok(Ok(())) => {
-                let count = lock(&self.inner.entries)
+                let count = self
+                    .inner
+                    .entries
+                    .locked()
                     .remove(id)
                     .map(|e| e.msg.state.rcpts.len())
                     .unwrap_or(0);
@@ -571,7 +578,7 @@ impl Queue {
             return; // deleted meanwhile
         };
         let _guard = persist.lock().await;
-        let (msg, bounced) = match lock(&self.inner.entries).get(id) {
+        let (msg, bounced) = match self.inner.entries.locked().get(id) {
             Some(e) => (e.msg.clone(), e.bounced),
             None => return, // deleted meanwhile
         };
@@ -608,13 +615,13 @@ impl Queue {
             } else if let Err(e) = self.bounce(&msg, &failed).await {
                 // Keep the message: the bounce is retried on the next scan.
                 tracing::error!(queue_id = %id, error = %e, "cannot queue the bounce; will retry");
-                if let Some(e) = lock(&self.inner.entries).get_mut(id) {
+                if let Some(e) = self.inner.entries.locked().get_mut(id) {
                     e.finishing = false;
                     e.retry_finish = unix_now() + RELOAD_EVERY;
                 }
                 return;
             }
-            if let Some(e) = lock(&self.inner.entries).get_mut(id) {
+            if let Some(e) = self.inner.entries.locked().get_mut(id) {
                 e.bounced = true;
             }
         }
@@ -622,7 +629,7 @@ impl Queue {
         let id_owned = id.to_string();
         match tokio::task::spawn_blocking(move || spool.remove(&id_owned)).await {
             Ok(Ok(())) => {
-                lock(&self.inner.entries).remove(id);
+                self.inner.entries.locked().remove(id);
                 tracing::info!(queue_id = %id, delivered, failed = failed.len(), "message done; removed from the queue");
             }
             // Left listed and tried again later (a read-only or failing
@@ -634,12 +641,11 @@ impl Queue {
                     Ok(Ok(())) => String::new(),
                 };
                 tracing::error!(queue_id = %id, error = %error, "cannot remove a finished message from the spool; will retry");
-                if let Some(e) = lock(&self.inner.entries).get_mut(id) {
+                if let Some(e) = self.inner.entries.locked().get_mut(id) {
                     e.finishing = false;
                     e.retry_finish = unix_now() + RELOAD_EVERY;
                 }
             }
         }
     }
-
 }

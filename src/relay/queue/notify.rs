@@ -3,6 +3,7 @@
 //! the queue, on the same durable path as mail from a client.
 
 use super::*;
+use crate::sync::Recover;
 
 impl Queue {
     /// Recipient `i` as a DSN reports it.
@@ -11,7 +12,7 @@ impl Queue {
         msg: &Spooled,
         i: usize,
         addr: &str,
-        st: &super::spool::RcptState,
+        st: &crate::relay::spool::RcptState,
     ) -> FailedRecipient {
         let orcpt = msg
             .envelope
@@ -112,7 +113,11 @@ impl Queue {
 
     /// Queues the RFC 3464 bounce for `failed` (and the "relayed" successes
     /// reported with it) to the message's sender.
-    pub(super) async fn bounce(&self, msg: &Spooled, failed: &[FailedRecipient]) -> Result<(), String> {
+    pub(super) async fn bounce(
+        &self,
+        msg: &Spooled,
+        failed: &[FailedRecipient],
+    ) -> Result<(), String> {
         let notice = if failed.iter().all(|f| f.relayed) {
             Notice::Relayed
         } else {
@@ -133,8 +138,13 @@ impl Queue {
 
     /// Queues the one delay DSN (RFC 3461 §4.1 DELAY) of a message for
     /// recipients `rcpts` (envelope indexes).
-    pub(super) async fn delay_warning(&self, id: &str, rcpts: &[usize], until: u64) -> Result<(), String> {
-        let Some(msg) = lock(&self.inner.entries).get(id).map(|e| e.msg.clone()) else {
+    pub(super) async fn delay_warning(
+        &self,
+        id: &str,
+        rcpts: &[usize],
+        until: u64,
+    ) -> Result<(), String> {
+        let Some(msg) = self.inner.entries.locked().get(id).map(|e| e.msg.clone()) else {
             return Ok(());
         };
         let reported: Vec<FailedRecipient> = rcpts
@@ -205,13 +215,13 @@ impl Queue {
 /// Reports get the same durable path as bounces. `TLS-Required: No` in
 /// their header alone would change nothing for mail we write ourselves:
 /// the queue is told directly, as the relay's session would be.
-impl super::tlsrpt::ReportInjector for Queue {
+impl crate::relay::tlsrpt::ReportInjector for Queue {
     fn inject_report<'a>(
         &'a self,
         to: &'a str,
         client: String,
         text: Vec<u8>,
-    ) -> super::tlsrpt::Queued<'a> {
+    ) -> crate::relay::tlsrpt::Queued<'a> {
         let flags = Inject {
             tls_optional: true,
             ..Inject::default()

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::relay::spool::Spooled;
+use super::rcpt_domain;
+use crate::relay::spool::{RcptStatus, Spooled};
 
 /// A queued message as `mta-sts-agent queue list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,7 +41,7 @@ pub use inject::{Queued, ReportInjector};
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -57,6 +57,7 @@ use crate::policy::tlsrpt::{
 use crate::relay::dkim::DkimSigner;
 use crate::store::{unix_now, PolicySource, StoredPolicy};
 
+use crate::sync::Recover;
 use record::{Book, CountsDir, DomainDay, Session};
 use report::{Report, Submitter};
 use state::ReportsDir;
@@ -118,10 +119,6 @@ struct Inner {
     client: reqwest::Client,
     /// Signs mailed reports (`dkim_key_file`).
     dkim: Option<DkimSigner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Rua {
@@ -280,13 +277,15 @@ impl Tlsrpt {
     /// Records one session on `day` (days since 1970-01-01, UTC).
     pub fn record(&self, day: u64, session: &Session<'_>) {
         if self.enabled() {
-            lock(&self.inner.book).add(day, session);
+            self.inner.book.locked().add(day, session);
         }
     }
 
     /// The counts of `domain` on `day` not yet reported.
     pub fn counts(&self, day: u64, domain: &str) -> Option<DomainDay> {
-        lock(&self.inner.book)
+        self.inner
+            .book
+            .locked()
             .days
             .get(&day)
             .and_then(|m| m.get(domain))
@@ -306,13 +305,13 @@ impl Tlsrpt {
 
     /// Writes the changed days' counts to disk (blocking).
     pub fn flush_blocking(&self) -> std::io::Result<()> {
-        let _one = lock(&self.inner.flushing);
-        let work = lock(&self.inner.book).take_dirty();
+        let _one = self.inner.flushing.locked();
+        let work = self.inner.book.locked().take_dirty();
         let mut result = Ok(());
         for (day, map) in work {
             if let Err(e) = self.inner.counts.store(day, &map) {
                 // Written at the next flush.
-                lock(&self.inner.book).dirty.insert(day);
+                self.inner.book.locked().dirty.insert(day);
                 result = Err(e);
             }
         }
@@ -410,7 +409,10 @@ impl Tlsrpt {
         let retry_days = self.inner.cfg.retry_days;
 
         // 1. Generate.
-        let due: Vec<(u64, String, DomainDay)> = lock(&self.inner.book)
+        let due: Vec<(u64, String, DomainDay)> = self
+            .inner
+            .book
+            .locked()
             .days
             .range(..today)
             .flat_map(|(day, m)| m.iter().map(|(d, c)| (*day, d.clone(), c.clone())))
@@ -418,14 +420,14 @@ impl Tlsrpt {
         for (day, domain, counts) in due {
             if reports.iter().any(|r| r.day == day && r.domain == domain) {
                 // Generated before a crash that kept the counts file.
-                lock(&self.inner.book).remove(day, &domain);
+                self.inner.book.locked().remove(day, &domain);
                 continue;
             }
             let uris = match self.rua(&domain).await {
                 Rua::Temporary(e) => {
                     if today > day.saturating_add(retry_days) {
                         tracing::warn!(domain = %domain, day = %record::day_name(day), error = %e, "TLS-RPT record still not resolvable; counts of that day dropped");
-                        lock(&self.inner.book).remove(day, &domain);
+                        self.inner.book.locked().remove(day, &domain);
                     } else {
                         tracing::warn!(domain = %domain, day = %record::day_name(day), error = %e, "cannot look up the TLS-RPT record; retrying at the next run");
                     }
@@ -434,7 +436,7 @@ impl Tlsrpt {
                 Rua::None(why) => {
                     tracing::info!(domain = %domain, day = %record::day_name(day), reason = %why, "no TLS-RPT record; counts of that day dropped");
                     summary.no_record += 1;
-                    lock(&self.inner.book).remove(day, &domain);
+                    self.inner.book.locked().remove(day, &domain);
                     continue;
                 }
                 Rua::Uris(u) => u,
@@ -450,7 +452,7 @@ impl Tlsrpt {
             if !self.make_room(&mut reports).await {
                 tracing::error!(domain = %domain, day = %record::day_name(day), max_reports = self.inner.cfg.max_reports, "TLS-RPT report state full of undelivered reports (relay.tlsrpt.max_reports); counts of that day dropped");
                 summary.expired += 1;
-                lock(&self.inner.book).remove(day, &domain);
+                self.inner.book.locked().remove(day, &domain);
                 continue;
             }
             let mut entry = ReportState {
@@ -467,7 +469,7 @@ impl Tlsrpt {
                 Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
                     tracing::error!(domain = %domain, day = %record::day_name(day), error = %e, "TLS-RPT report too large to keep; counts of that day dropped");
                     summary.expired += 1;
-                    lock(&self.inner.book).remove(day, &domain);
+                    self.inner.book.locked().remove(day, &domain);
                     continue;
                 }
                 Err(e) => {
@@ -479,7 +481,7 @@ impl Tlsrpt {
             reports.push(entry);
             summary.generated += 1;
             tracing::info!(domain = %domain, day = %record::day_name(day), report_id = %report.report_id, "TLS-RPT report generated");
-            lock(&self.inner.book).remove(day, &domain);
+            self.inner.book.locked().remove(day, &domain);
         }
         self.flush().await;
 
