@@ -43,7 +43,9 @@ AGENT="$ROOT/target/release/mta-sts-agent"
 BENCH="$ROOT/target/release/mta-sts-bench"
 FIXTURES="$ROOT/target/release/examples/bench_fixtures"
 
-rm -rf "$WORK/state" "$WORK"/*.log
+# fixture-stats too: the start-up wait below watches it appear, and a stale
+# one from an earlier run would be read as this run's first counters.
+rm -rf "$WORK/state" "$WORK"/*.log "$WORK/fixture-stats"
 mkdir -p "$WORK"
 if [ ! -x "$WORK/venv/bin/mta-sts-daemon" ]; then
     say "installing postfix-mta-sts-resolver $ANCHOR_VERSION in a venv"
