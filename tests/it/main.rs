@@ -24,6 +24,7 @@ mod fetch;
 mod fleet;
 mod fleet_auth;
 mod fleet_trust;
+mod layering;
 mod limits;
 mod packaging;
 mod postfix_e2e;
