@@ -6,7 +6,10 @@
 //! Every change to a message's delivery state is written to the spool
 //! before anything else happens, so a restart resumes exactly: a recipient
 //! that accepted the message is never sent it again, and only a delivery
-//! that was in flight at a crash can be repeated.
+//! that was in flight at a crash can be repeated. For a message delivered
+//! to every recipient with nothing to report, the removal from the spool is
+//! that record (see `remove_delivered`). Submodules: `view` (the admin
+//! listing), `notify` (bounces, delay warnings and injected reports).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
