@@ -22,6 +22,13 @@ fn zone(text: &str) -> (ZoneDns, Dns) {
     (zone, dns)
 }
 
+/// Zone text with one TXT record at `owner` per entry of `txt`.
+fn txt_records(owner: &str, txt: &[&str]) -> String {
+    txt.iter()
+        .map(|t| format!("{owner}. 300 IN TXT \"{t}\"\n"))
+        .collect()
+}
+
 fn codes(f: &Findings) -> Vec<&'static str> {
     f.list().iter().map(|x| x.code).collect()
 }

@@ -1,15 +1,13 @@
 //! Section 4: the TLS-RPT record as a reporter reads it.
 
-use super::{codes, only, severity, zone};
+use super::{codes, only, severity, txt_records, zone};
 use crate::check::findings::{Findings, Severity};
 use crate::check::tlsrpt::check;
 
 const D: &str = "example.test";
 
 fn records(txt: &[&str]) -> String {
-    txt.iter()
-        .map(|t| format!("_smtp._tls.example.test. 300 IN TXT \"{t}\"\n"))
-        .collect()
+    txt_records("_smtp._tls.example.test", txt)
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Section 1: what senders make of the `_mta-sts` TXT records.
 
-use super::{codes, only, severity, zone};
+use super::{codes, only, severity, txt_records, zone};
 use crate::check::findings::{Findings, Severity};
 use crate::check::txt::{check, TxtState};
 use crate::dns::memory::Fault;
@@ -10,9 +10,7 @@ const D: &str = "example.test";
 const NAME: &str = "_mta-sts.example.test";
 
 fn records(txt: &[&str]) -> String {
-    txt.iter()
-        .map(|t| format!("_mta-sts.example.test. 300 IN TXT \"{t}\"\n"))
-        .collect()
+    txt_records("_mta-sts.example.test", txt)
 }
 
 #[tokio::test]

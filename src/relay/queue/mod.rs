@@ -537,6 +537,17 @@ impl Queue {
         }
     }
 
+    /// Removes `id`'s files from the spool (message, then state), off the
+    /// async threads: the fsync may take milliseconds.
+    async fn remove_from_spool(&self, id: &str) -> Result<(), String> {
+        let spool = self.inner.spool.clone();
+        let id = id.to_string();
+        match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
+            Ok(done) => done.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Removes a message whose every recipient was delivered with nothing
     /// to report, instead of first saving that state and then removing it:
     /// the removal (unlink, then fsync of `messages/`) is as durable a
@@ -547,10 +558,8 @@ impl Queue {
     /// removal fails, false: the caller saves the state and the usual
     /// finish retries the removal.
     async fn remove_delivered(&self, id: &str) -> bool {
-        let spool = self.inner.spool.clone();
-        let id_owned = id.to_string();
-        match tokio::task::spawn_blocking(move || spool.remove(&id_owned)).await {
-            Ok(Ok(())) => {
+        match self.remove_from_spool(id).await {
+            Ok(()) => {
                 let count = self
                     .inner
                     .entries
@@ -561,12 +570,8 @@ impl Queue {
                 tracing::info!(queue_id = %id, delivered = count, failed = 0, "message done; removed from the queue");
                 true
             }
-            Ok(Err(e)) => {
-                tracing::warn!(queue_id = %id, error = %e, "cannot remove a delivered message from the spool; saving its state instead");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(queue_id = %id, error = %e, "cannot remove a delivered message from the spool; saving its state instead");
+            Err(error) => {
+                tracing::warn!(queue_id = %id, error = %error, "cannot remove a delivered message from the spool; saving its state instead");
                 false
             }
         }
@@ -628,21 +633,14 @@ impl Queue {
                 e.bounced = true;
             }
         }
-        let spool = self.inner.spool.clone();
-        let id_owned = id.to_string();
-        match tokio::task::spawn_blocking(move || spool.remove(&id_owned)).await {
-            Ok(Ok(())) => {
+        match self.remove_from_spool(id).await {
+            Ok(()) => {
                 self.inner.entries.locked().remove(id);
                 tracing::info!(queue_id = %id, delivered, failed = failed.len(), "message done; removed from the queue");
             }
             // Left listed and tried again later (a read-only or failing
             // disk may come back); the bounce is not queued twice.
-            result => {
-                let error = match result {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(())) => String::new(),
-                };
+            Err(error) => {
                 tracing::error!(queue_id = %id, error = %error, "cannot remove a finished message from the spool; will retry");
                 if let Some(e) = self.inner.entries.locked().get_mut(id) {
                     e.finishing = false;
